@@ -1,0 +1,47 @@
+# Two commands set everything up: `make train` and `make test` create .venv and install what is missing.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow test-all lint format train sweep tensorboard clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the package (editable) with its dev tools
+
+test: $(STAMP) ## run the test suite (without the tests marked slow)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-slow: $(STAMP) ## run only the slow end-to-end tests
+	$(PY) -m pytest -m slow $(ARGS)
+
+test-all: $(STAMP) ## run every test
+	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+train: $(STAMP) ## run the main job (embedded data); pass overrides with ARGS="experiment=resnet18 ..."
+	$(PY) -m fruitres.train $(ARGS)
+
+tensorboard: $(STAMP) ## serve TensorBoard on the runs under logs/
+	$(VENV)/bin/tensorboard --logdir logs
+
+clean: ## remove caches and build files (keeps logs/, data/ and .venv)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,100 @@
+"""A decoded-image cache: every image of a split decoded once into a uint8 memory-mapped array.
+
+Warm epochs then read pixels straight from the page cache instead of decoding JPEGs, and every
+DataLoader worker shares the same pages instead of holding its own copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fruitres.data.images import decode_image
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+def cache_key(paths: Sequence[Path], image_size: int) -> str:
+    """Changes whenever a file is added, removed, renamed, resized or rewritten, or the size changes."""
+    digest = hashlib.sha256(f"v{CACHE_FORMAT}:{image_size}".encode())
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]
+
+
+def _decode_or_none(path: Path, image_size: int) -> np.ndarray | None:
+    try:
+        return decode_image(path, image_size)
+    except Exception:  # any unreadable file: PIL raises many types (OSError, SyntaxError, ValueError...)
+        return None
+
+
+def build_image_cache(paths: Sequence[Path], image_size: int, cache_dir: Path) -> tuple[Path, list[int]]:
+    """Return the cache file for `paths` (built if missing) and the indices of the unreadable files.
+
+    Rows of unreadable files are left black; callers decide whether to skip them or stop.
+    """
+    key = cache_key(paths, image_size)
+    array_path = cache_dir / f"images-{key}.npy"
+    meta_path = array_path.with_suffix(".json")
+    if array_path.exists() and meta_path.exists():
+        return array_path, json.loads(meta_path.read_text())["unreadable"]
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    log.info("Decoding %d images into the image cache %s", len(paths), array_path)
+    tmp_path = array_path.with_suffix(f".npy.tmp{os.getpid()}")
+    shape = (len(paths), image_size, image_size, 3)
+    array = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=shape)
+    unreadable: list[int] = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        decoded = pool.map(_decode_or_none, paths, [image_size] * len(paths), chunksize=64)
+        for index, pixels in enumerate(decoded):
+            if pixels is None:
+                unreadable.append(index)
+            else:
+                array[index] = pixels
+    array.flush()
+    del array
+    os.replace(tmp_path, array_path)  # atomic: a killed build never leaves a complete-looking cache
+    meta_tmp = meta_path.with_suffix(f".json.tmp{os.getpid()}")
+    meta_tmp.write_text(json.dumps({"count": len(paths), "image_size": image_size, "unreadable": unreadable}))
+    os.replace(meta_tmp, meta_path)
+    return array_path, unreadable
+
+
+class CachedImages(Dataset):
+    """(uint8 CHW image, label) pairs read from a memory-mapped image cache.
+
+    The array is opened lazily in each process, so pickling the dataset into DataLoader workers
+    sends a path, not the pixels.
+    """
+
+    def __init__(self, array_path: Path, rows: Sequence[int], labels: Sequence[int]) -> None:
+        self.array_path = array_path
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self._array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._array is None:
+            self._array = np.load(self.array_path, mmap_mode="r")
+        pixels = torch.from_numpy(np.array(self._array[self.rows[index]]))  # a writable copy
+        return pixels.permute(2, 0, 1), self.labels[index]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}

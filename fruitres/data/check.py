@@ -1,0 +1,312 @@
+"""Report on a Fruits-360-style dataset folder: ``python -m fruitres.data.check <dir> [--json]``.
+
+Counts classes and images per split, opens every image with PIL, lists unreadable, empty and ignored files,
+tallies image sizes and modes, and measures how many Test images are byte-for-byte copies of Training
+images. Exits 1 when the folder cannot be trained on, 0 otherwise (warnings allowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import statistics
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from fruitres.data.download import find_dataset_root
+from fruitres.data.folders import SPLITS, DatasetLayoutError, is_image_file, list_class_names
+
+TRAIN, TEST = SPLITS
+SHOW = 10  # problem files listed by name in the table view (the JSON lists all)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What opening one image file found."""
+
+    sha256: str | None  # None for an empty or unreadable-from-disk file
+    size: tuple[int, int] | None
+    mode: str | None
+    error: str | None  # "empty" for a zero-byte file, else the exception, else None
+
+
+def inspect_image(path: Path) -> ImageInfo:
+    """Hash a file's bytes and fully decode it with PIL."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return ImageInfo(None, None, None, f"cannot read: {exc.strerror or exc}")
+    if not data:
+        return ImageInfo(None, None, None, "empty")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return ImageInfo(digest, image.size, image.mode, None)
+    except Exception as exc:  # PIL raises many types for broken files
+        return ImageInfo(digest, None, None, f"{type(exc).__name__}: {exc}")
+
+
+def scan_split(split_dir: Path) -> tuple[dict[str, list[Path]], list[Path]]:
+    """Image files per class folder of a split, and the files and folders that are ignored."""
+    images: dict[str, list[Path]] = {}
+    ignored = [p for p in split_dir.iterdir() if not p.is_dir() or p.name.startswith(".")]
+    for name in list_class_names(split_dir):
+        entries = sorted((split_dir / name).iterdir())
+        images[name] = [p for p in entries if p.is_file() and is_image_file(p)]
+        ignored += [p for p in entries if not (p.is_file() and is_image_file(p))]
+    return images, sorted(ignored)
+
+
+def inspect_all(paths: list[Path], workers: int | None = None) -> list[ImageInfo]:
+    """inspect_image over many files with a thread pool and a progress bar on an interactive stderr."""
+    console = Console(stderr=True)
+    columns = (TextColumn("checking images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    results = []
+    with (
+        Progress(*columns, console=console, disable=not console.is_terminal, transient=True) as bar,
+        ThreadPoolExecutor(workers) as pool,
+    ):
+        task = bar.add_task("check", total=len(paths))
+        for info in pool.map(inspect_image, paths):
+            results.append(info)
+            bar.advance(task)
+    return results
+
+
+def check_dataset(root: Path, workers: int | None = None) -> dict[str, Any]:
+    """A JSON-serialisable report on `root`; `report["trainable"]` says whether it can be trained on."""
+    root = Path(root)
+    errors: list[str] = []
+    warnings: list[str] = []
+    report: dict[str, Any] = {"root": str(root.resolve()), "errors": errors, "warnings": warnings}
+    if not root.is_dir():
+        errors.append(f"{root} is not a folder")
+        return _finish(report)
+    missing = [split for split in SPLITS if not (root / split).is_dir()]
+    for split in missing:
+        errors.append(f"{root} has no {split}/ folder{_hint(root)}")
+    if missing:
+        return _finish(report)
+
+    scans = {split: scan_split(root / split) for split in SPLITS}
+    paths = [p for split in SPLITS for files in scans[split][0].values() for p in files]
+    infos = dict(zip(paths, inspect_all(paths, workers), strict=True))
+    report["ignored"] = [_rel(p, root) + "/" * p.is_dir() for split in SPLITS for p in scans[split][1]]
+    report["empty_files"] = [_rel(p, root) for p, i in infos.items() if i.error == "empty"]
+    report["unreadable"] = [
+        {"path": _rel(p, root), "error": i.error} for p, i in infos.items() if i.error not in (None, "empty")
+    ]
+    report["splits"] = {split: _split_summary(scans[split][0], infos) for split in SPLITS}
+    for split in SPLITS:
+        errors += _class_errors(split, scans[split][0], infos)
+    train_names, test_names = (set(scans[split][0]) for split in SPLITS)
+    report["only_in_training"] = sorted(train_names - test_names)
+    report["only_in_test"] = sorted(test_names - train_names)
+    formats = Counter((i.size, i.mode) for i in infos.values() if i.error is None)
+    report["image_formats"] = [
+        {"width": size[0], "height": size[1], "mode": mode, "count": n}
+        for (size, mode), n in formats.most_common()
+    ]
+    report["overlap"] = _overlap(scans[TRAIN][0], scans[TEST][0], infos, root)
+
+    if report["only_in_test"]:
+        errors.append(f"{TEST}/ has classes that {TRAIN}/ lacks: {', '.join(report['only_in_test'])}")
+    if paths and all(i.error for i in infos.values()):
+        errors.append(f"none of the {len(paths)} images can be opened")
+    warnings += _warnings(report, len(formats))
+    return _finish(report)
+
+
+def _warnings(report: dict[str, Any], n_formats: int) -> list[str]:
+    """Problems that still allow training."""
+    warnings = []
+    if report["only_in_training"]:
+        names = report["only_in_training"]
+        warnings.append(f"classes only in {TRAIN}/, never tested ({len(names)}): {_some(names)}")
+    if report["empty_files"]:
+        warnings.append(f"{len(report['empty_files'])} image files are empty (0 bytes); delete them")
+    if report["unreadable"]:
+        warnings.append(f"{len(report['unreadable'])} image files cannot be decoded; delete or replace them")
+    if n_formats > 1:
+        warnings.append(f"images come in {n_formats} size/mode combinations; resize and convert to RGB")
+    overlap = report["overlap"]
+    if overlap["in_training"]:
+        warnings.append(
+            f"{overlap['in_training']} of {overlap['test_images']} {TEST} images ({overlap['percent']}%) are "
+            f"exact copies of {TRAIN} images, so test accuracy is optimistic"
+        )
+    if overlap["cross_class"]:
+        warnings.append(f"{overlap['cross_class']} identical images carry different labels in the two splits")
+    return warnings
+
+
+def _rel(path: Path, root: Path) -> str:
+    """`path` relative to the dataset root, with forward slashes."""
+    return path.relative_to(root).as_posix()
+
+
+def _class_errors(split: str, images: dict[str, list[Path]], infos: dict[Path, ImageInfo]) -> list[str]:
+    """A split without classes, and classes without (readable) images."""
+    errors = [] if images else [f"{split}/ has no class folders"]
+    for name, files in images.items():
+        if not files:
+            errors.append(f"{split}/{name} holds no images; add images or delete the folder")
+        elif all(infos[p].error for p in files):
+            errors.append(f"{split}/{name} holds no readable images")
+    return errors
+
+
+def _split_summary(images: dict[str, list[Path]], infos: dict[Path, ImageInfo]) -> dict[str, Any]:
+    """Class and image counts of one split."""
+    return {
+        "classes": len(images),
+        "images": sum(len(files) for files in images.values()),
+        "readable": sum(infos[p].error is None for files in images.values() for p in files),
+        "per_class": {name: len(files) for name, files in images.items()},
+    }
+
+
+def _overlap(
+    train: dict[str, list[Path]], test: dict[str, list[Path]], infos: dict[Path, ImageInfo], root: Path
+) -> dict[str, Any]:
+    """Test images whose exact bytes also occur in Training, by sha256."""
+    by_hash: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for name, files in train.items():
+        for p in files:
+            if infos[p].sha256:
+                by_hash[infos[p].sha256].append((name, p))
+    pairs = []
+    test_images = 0
+    for name, files in test.items():
+        for p in files:
+            digest = infos[p].sha256
+            test_images += digest is not None
+            if digest in by_hash:
+                same = any(train_name == name for train_name, _ in by_hash[digest])
+                copies = [_rel(q, root) for _, q in by_hash[digest]]
+                pairs.append({"test": _rel(p, root), "training": copies, "same_class": same})
+    return {
+        "test_images": test_images,
+        "in_training": len(pairs),
+        "percent": round(100 * len(pairs) / test_images, 2) if test_images else 0.0,
+        "cross_class": sum(not pair["same_class"] for pair in pairs),
+        "pairs": pairs,
+    }
+
+
+def _hint(root: Path) -> str:
+    """Where the dataset seems to be when `root` is a folder above it."""
+    try:
+        return f"; did you mean {find_dataset_root(root)}?"
+    except DatasetLayoutError:
+        return ""
+
+
+def _some(names: list[str], limit: int = 5) -> str:
+    """The first few names, and how many more."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _finish(report: dict[str, Any]) -> dict[str, Any]:
+    """Set the verdict."""
+    report["trainable"] = not report["errors"]
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- display
+
+
+def render(report: dict[str, Any], console: Console, per_class: bool = False) -> None:
+    """Print the report as tables a person can read."""
+    console.print(f"[bold]Dataset check:[/] {report['root']}")
+    if "splits" in report:
+        _render_counts(report, console, per_class)
+        formats = Table("size", "mode", "images", title="Image sizes and modes", title_justify="left")
+        for f in report["image_formats"]:
+            formats.add_row(f"{f['width']}x{f['height']}", f["mode"], str(f["count"]))
+        console.print(formats)
+        o = report["overlap"]
+        console.print(
+            f"{TEST}/{TRAIN} exact-duplicate overlap: {o['in_training']} of {o['test_images']} {TEST} images "
+            f"({o['percent']}%) also appear byte-for-byte in {TRAIN}/"
+        )
+        for p in o["pairs"][:SHOW]:
+            console.print(f"  {p['test']} = {p['training'][0]}", markup=False, highlight=False)
+        _render_files("unreadable", [f"{u['path']} ({u['error']})" for u in report["unreadable"]], console)
+        _render_files("empty (0 bytes)", report["empty_files"], console)
+        _render_files("ignored (not images)", report["ignored"], console)
+    for message in report["errors"]:
+        console.print(f"[bold red]error:[/] {message}", highlight=False)
+    for message in report["warnings"]:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    verdict = "[bold green]trainable[/]" if report["trainable"] else "[bold red]NOT trainable[/]"
+    console.print(f"Verdict: {verdict}")
+
+
+def _render_counts(report: dict[str, Any], console: Console, per_class: bool) -> None:
+    """Split summary table and, optionally, images per class."""
+    table = Table("split", "classes", "images", "readable", "per class (min / median / max)", title="Splits")
+    table.title_justify = "left"
+    for split, s in report["splits"].items():
+        counts = list(s["per_class"].values()) or [0]
+        spread = f"{min(counts)} / {statistics.median(counts):g} / {max(counts)}"
+        table.add_row(split, str(s["classes"]), str(s["images"]), str(s["readable"]), spread)
+    console.print(table)
+    if per_class:
+        classes = Table("class", *SPLITS, title="Images per class", title_justify="left")
+        names = sorted({name for s in report["splits"].values() for name in s["per_class"]})
+        for name in names:
+            classes.add_row(
+                name, *(str(report["splits"][split]["per_class"].get(name, "-")) for split in SPLITS)
+            )
+        console.print(classes)
+    for key, label in (("only_in_training", f"only in {TRAIN}/"), ("only_in_test", f"only in {TEST}/")):
+        if report[key]:
+            console.print(f"Classes {label}: {', '.join(report[key])}", highlight=False)
+
+
+def _render_files(label: str, items: list[str], console: Console) -> None:
+    """A short list of problem files."""
+    if not items:
+        return
+    console.print(f"{len(items)} {label}:")
+    for item in items[:SHOW]:
+        console.print(f"  {item}", markup=False, highlight=False)
+    if len(items) > SHOW:
+        console.print(f"  ... and {len(items) - SHOW} more (see --json)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check a dataset folder; exit 0 when it can be trained on, 1 when it cannot."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fruitres.data.check", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("root", type=Path, help="folder holding Training/ and Test/")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--per-class", action="store_true", help="also list the image count of every class")
+    parser.add_argument("--workers", type=int, default=None, help="threads opening images")
+    args = parser.parse_args(argv)
+    report = check_dataset(args.root, args.workers)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        render(report, Console(soft_wrap=True), args.per_class)
+    return 0 if report["trainable"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

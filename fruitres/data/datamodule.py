@@ -1,0 +1,176 @@
+"""The Fruits-360 folders (or the embedded generated dataset) as a LightningDataModule."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fruitres.data.cache import CachedImages, build_image_cache
+from fruitres.data.folders import DatasetLayoutError, list_class_names, list_samples
+from fruitres.data.synthetic import write_synthetic_fruits
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's ImageNet weights were trained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BAD_IMAGE_POLICIES = ("skip", "error")
+
+
+def default_num_workers() -> int:
+    """One worker per spare core, at most 4: decoded images are cheap to serve from the cache."""
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): `val_fraction` of every class, chosen by a seeded shuffle."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = round(len(members) * val_fraction)
+        if val_fraction > 0 and len(members) > 1:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+class Fruits360DataModule(LightningDataModule):
+    """Training/ and Test/ class folders; validation is a stratified split of Training/.
+
+    The class list comes from Training/ and labels every split, so a class missing from Test/ cannot
+    shift labels. Images are decoded once into a uint8 cache; batches travel as uint8 and are
+    augmented (training only) and normalised on the device, in `on_after_batch_transfer`.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        embedded_dir: str = "data/embedded",
+        embedded: Mapping | None = None,
+        cache_dir: str = "data/cache",
+        image_size: int = 100,
+        val_fraction: float = 0.1,
+        split_seed: int = 42,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        on_bad_image: str = "skip",
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        augment: Mapping[str, nn.Module | None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["augment"], logger=False)
+        self.root = Path(data_dir if data_dir is not None else embedded_dir).expanduser()
+        self.embedded = data_dir is None
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.augment = nn.Sequential(*[t for t in (augment or {}).values() if t is not None])
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.datasets: dict[str, CachedImages] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        names = list_class_names(self.root / "Training")
+        if not names:
+            raise DatasetLayoutError(
+                f"{self.root / 'Training'} has no class folders; see README 'Getting the data'"
+            )
+        return names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def prepare_data(self) -> None:
+        """Write the embedded dataset if it is the one in use; check that a real one is there."""
+        if self.embedded:
+            write_synthetic_fruits(
+                self.root, image_size=self.hparams.image_size, **(self.hparams.embedded or {})
+            )
+        elif not (self.root / "Training").is_dir():
+            raise DatasetLayoutError(
+                f"data.data_dir={self.root} has no Training/ folder; pass the folder that holds Training/ "
+                "and Test/ (python -m fruitres.data.download prints it), or drop data.data_dir to use the "
+                "embedded data"
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        class_to_idx = {name: index for index, name in enumerate(self.class_names)}
+        train_all = self._cached_split("Training", class_to_idx)
+        train_idx, val_idx = stratified_split(
+            train_all.labels.numpy(), self.hparams.val_fraction, self.hparams.split_seed
+        )
+        self.datasets = {
+            "train": _subset(train_all, train_idx),
+            "val": _subset(train_all, val_idx),
+            "test": self._cached_split("Test", class_to_idx),
+        }
+
+    def _cached_split(self, split: str, class_to_idx: dict[str, int]) -> CachedImages:
+        samples = list_samples(self.root / split, class_to_idx)
+        paths = [path for path, _ in samples]
+        array_path, unreadable = build_image_cache(
+            paths, self.hparams.image_size, Path(self.hparams.cache_dir).expanduser()
+        )
+        if unreadable:
+            names = ", ".join(str(paths[i]) for i in unreadable[:10])
+            more = f" and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""
+            if self.hparams.on_bad_image == "error":
+                raise DatasetLayoutError(
+                    f"{len(unreadable)} unreadable image(s) in {self.root / split}: {names}{more}; "
+                    "remove them or set data.on_bad_image=skip"
+                )
+            log.warning("Skipping %d unreadable image(s) in %s: %s%s", len(unreadable), split, names, more)
+        keep = np.setdiff1d(np.arange(len(samples)), np.asarray(unreadable, dtype=np.int64))
+        return CachedImages(array_path, keep, [samples[i][1] for i in keep])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.datasets[split]) > self.hparams.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.hparams.persistent_workers and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] float images → the normalised float input of the network."""
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)
+        return (images - self.mean.to(images.device)) / self.std.to(images.device)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        images = images.float().div_(255)
+        if self.trainer is not None and self.trainer.training and len(self.augment):
+            images = self.augment(images)
+        return self.normalize(images), labels
+
+
+def _subset(dataset: CachedImages, indices: np.ndarray) -> CachedImages:
+    return CachedImages(dataset.array_path, dataset.rows[indices], dataset.labels[indices].tolist())

@@ -1,0 +1,56 @@
+"""What counts as a class folder and an image file in a Fruits-360-style tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+SPLITS = ("Training", "Test")
+
+
+class DatasetLayoutError(ValueError):
+    """The folder tree cannot be trained on; the message names the path and the fix."""
+
+
+def is_image_file(path: Path) -> bool:
+    """Visible files with an image extension; `.DS_Store`, `Thumbs.db`, notes and the like are not."""
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_class_names(split_dir: Path) -> list[str]:
+    """Sorted names of the visible sub-folders of a split folder: one class each."""
+    if not split_dir.is_dir():
+        raise DatasetLayoutError(
+            f"{split_dir} is not a folder; data.data_dir must hold Training/<Class>/*.jpg and "
+            "Test/<Class>/*.jpg"
+        )
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_images(class_dir: Path) -> list[Path]:
+    """Sorted image files directly inside one class folder."""
+    return sorted(p for p in class_dir.iterdir() if p.is_file() and is_image_file(p))
+
+
+def list_samples(split_dir: Path, class_to_idx: dict[str, int]) -> list[tuple[Path, int]]:
+    """(image path, label) pairs of a split, labelled by a class map taken from Training/.
+
+    A class folder the map does not know, or an empty class folder, is an error: silently relabelling
+    or dropping it would corrupt the labels.
+    """
+    names = list_class_names(split_dir)
+    unknown = [name for name in names if name not in class_to_idx]
+    if unknown:
+        raise DatasetLayoutError(
+            f"{split_dir} has classes that Training/ lacks: {', '.join(unknown)}; "
+            "add them to Training/ or remove them from this split"
+        )
+    samples: list[tuple[Path, int]] = []
+    for name in names:
+        images = list_images(split_dir / name)
+        if not images:
+            raise DatasetLayoutError(
+                f"{split_dir / name} holds no images; add images or delete the empty folder"
+            )
+        samples.extend((path, class_to_idx[name]) for path in images)
+    return samples

@@ -1,0 +1,165 @@
+"""The LightningModule: a torchvision ResNet fine-tuned to classify fruit photos."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from lightning.pytorch import LightningModule
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from fruitres.models.backbone import STAGES, build_resnet, stage_modules
+
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05}
+
+
+def _plain(config: Mapping | None) -> dict | None:
+    """Config nodes are kept as plain dicts so checkpoints load with `weights_only=True`."""
+    if isinstance(config, DictConfig):
+        return OmegaConf.to_container(config, resolve=True)
+    return dict(config) if config is not None else None
+
+
+def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 accuracy, and top-5 where there are at least five classes."""
+    metrics = {"acc": MulticlassAccuracy(num_classes, average="micro")}
+    if num_classes >= 5:
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=prefix)
+
+
+class FruitClassifier(LightningModule):
+    """A ResNet with a new `num_classes` head; the first `frozen_stages` stages can be frozen.
+
+    Stages count stem, layer1, layer2, layer3, layer4 (5 = linear probe). A stage whose parameters are
+    all frozen runs without autograd and keeps its BatchNorm layers in eval mode, whoever froze it
+    (this module, or a fine-tuning callback that unfreezes stages later).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        arch: str = "resnet18",
+        weights: str | None = None,
+        weights_path: str | None = None,
+        frozen_stages: int = 0,
+        backbone_lr_mult: float = 1.0,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        optimizer: Mapping | None = None,
+        scheduler: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 <= frozen_stages <= len(STAGES):
+            raise ValueError(f"model.frozen_stages={frozen_stages} is out of range; use 0..{len(STAGES)}")
+        optimizer = _plain(optimizer) or DEFAULT_OPTIMIZER
+        scheduler = _plain(scheduler)
+        class_names = list(class_names) if class_names is not None else None
+        self.save_hyperparameters()
+        self.net = build_resnet(arch, num_classes, weights, weights_path)
+        for stage in range(frozen_stages):
+            for module in stage_modules(self.net, stage):
+                module.requires_grad_(False)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.train_metrics = accuracy_metrics(num_classes, "train/")
+        self.val_metrics = accuracy_metrics(num_classes, "val/")
+        self.test_metrics = accuracy_metrics(num_classes, "test/")
+        self.val_acc_best = MaxMetric()
+
+    # --- the network -------------------------------------------------------------------------
+    def frozen_prefix(self) -> int:
+        """How many leading stages have no trainable parameter."""
+        for stage in range(len(STAGES)):
+            if any(p.requires_grad for m in stage_modules(self.net, stage) for p in m.parameters()):
+                return stage
+        return len(STAGES)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features; no graph is built through the frozen prefix."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        frozen = self.frozen_prefix()
+        x = images
+        for stage in range(len(STAGES)):
+            with torch.no_grad() if stage < frozen else nullcontext():
+                for module in stage_modules(self.net, stage):
+                    x = module(x)
+        return torch.flatten(self.net.avgpool(x), 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.fc(self.features(images))
+
+    def train(self, mode: bool = True) -> FruitClassifier:
+        """Lightning calls `train()` every epoch; frozen stages must stay in eval mode through it."""
+        super().train(mode)
+        for stage in range(self.frozen_prefix()):
+            for module in stage_modules(self.net, stage):
+                module.eval()
+        return self
+
+    def parameter_counts(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.net.parameters())
+        trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+        return {"params/total": total, "params/trainable": trainable, "params/frozen": total - trainable}
+
+    # --- steps -------------------------------------------------------------------------------
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
+        metrics.update(logits.detach(), labels)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log_dict(metrics, on_step=on_step, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(images).softmax(dim=1)
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # the sanity check's validation must not count as the best epoch
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.val_metrics["acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
+
+    # --- optimisation ------------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The head at the optimizer's lr, the trainable backbone at `backbone_lr_mult` times it."""
+        lr = self.hparams.optimizer["lr"]
+        head = [p for p in self.net.fc.parameters() if p.requires_grad]
+        head_ids = {id(p) for p in head}
+        backbone = [p for p in self.net.parameters() if p.requires_grad and id(p) not in head_ids]
+        groups = [{"name": "head", "params": head, "lr": lr}]
+        if backbone:
+            groups.append({"name": "backbone", "params": backbone, "lr": lr * self.hparams.backbone_lr_mult})
+        return groups
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = instantiate(self.hparams.optimizer, _partial_=True)(self.param_groups())
+        if self.hparams.scheduler is None:
+            return {"optimizer": optimizer}
+        make_scheduler = instantiate(self.hparams.scheduler, _partial_=True)
+        scheduler = make_scheduler(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

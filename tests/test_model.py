@@ -1,0 +1,82 @@
+"""The LightningModule and its backbone: heads, weights, parameter groups."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from fruitres.models.backbone import WeightsUnavailableError, build_resnet
+from fruitres.models.classifier import FruitClassifier
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+def test_head_has_one_output_per_class(arch: str) -> None:
+    model = FruitClassifier(num_classes=7, arch=arch)
+    logits = model(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 7)
+
+
+def test_weights_path_loads_the_backbone_and_replaces_the_head(tmp_path: Path) -> None:
+    reference = torchvision.models.resnet18(num_classes=1000)
+    state_file = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), state_file)
+
+    model = build_resnet("resnet18", num_classes=3, weights_path=str(state_file))
+    torch.testing.assert_close(model.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(model.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
+    assert model.fc.out_features == 3
+
+
+def test_weights_path_of_another_architecture_is_refused(tmp_path: Path) -> None:
+    state_file = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), state_file)
+    with pytest.raises(WeightsUnavailableError, match="model.arch"):
+        build_resnet("resnet18", num_classes=3, weights_path=str(state_file))
+
+
+def test_missing_weights_path_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailableError, match="model.weights_path"):
+        build_resnet("resnet18", num_classes=3, weights_path=str(tmp_path / "absent.pth"))
+
+
+def test_unreachable_weights_say_where_to_put_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    for variable in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(
+            variable, "http://127.0.0.1:9"
+        )  # the discard port: refused at once, no network used
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(WeightsUnavailableError) as error:
+        build_resnet("resnet18", num_classes=3, weights="IMAGENET1K_V1")
+    message = str(error.value)
+    expected_file = os.path.join(str(tmp_path / "torch-home"), "hub", "checkpoints", "resnet18-f37072fd.pth")
+    assert expected_file in message
+    assert "model.weights=null" in message and "model.weights_path" in message
+
+
+def test_unknown_weights_name_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match="IMAGENET1K_V1"):
+        build_resnet("resnet18", num_classes=3, weights="IMAGENET9K")
+
+
+def test_unknown_arch_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match="resnet18, resnet34, resnet50"):
+        build_resnet("vgg11", num_classes=3)
+
+
+def test_backbone_learning_rate_is_a_fraction_of_the_head_rate() -> None:
+    model = FruitClassifier(
+        num_classes=4, backbone_lr_mult=0.1, optimizer={"_target_": "torch.optim.SGD", "lr": 0.5}
+    )
+    optimizer = model.configure_optimizers()["optimizer"]
+    lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert lrs == {"head": 0.5, "backbone": pytest.approx(0.05)}
+    in_optimizer = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
+    assert in_optimizer == model.parameter_counts()["params/total"]
