@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format train sweep tensorboard clean
+.PHONY: help install test test-slow test-all lint format train sweep tensorboard clean bench bench-gpu
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,16 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 
 train: $(STAMP) ## run the main job (embedded data); pass overrides with ARGS="experiment=resnet18 ..."
 	$(PY) -m fruitres.train $(ARGS)
+
+sweep: $(STAMP) ## demo sweep, lr x frozen_stages on the embedded data: 4 jobs, then the table of results
+	$(PY) -m fruitres.train -m model.optimizer.lr=1e-3,3e-3 model.frozen_stages=0,3 \
+		data.image_size=64 trainer.max_epochs=3 $(ARGS)
+
+bench: $(STAMP) ## project vs the tutorial's loop, images/s (embedded data); ARGS="--data-dir DIR --json FILE"
+	$(PY) -m fruitres.bench $(ARGS)
+
+bench-gpu: ## on a GPU machine: placement, bf16 learning, throughput (compile on/off); JSON in $$OUT
+	bash scripts/gpu_check.sh
 
 tensorboard: $(STAMP) ## serve TensorBoard on the runs under logs/
 	$(VENV)/bin/tensorboard --logdir logs

@@ -7,9 +7,9 @@ from typing import Any
 
 import rich.syntax
 import rich.tree
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch import Callback
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
@@ -31,18 +31,24 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
             Console(file=file, width=120, color_system=None).print(tree)
 
 
+def instantiable(nodes: DictConfig | None) -> list[DictConfig]:
+    """The entries of a group such as `callbacks` or `logger` that have a `_target_`."""
+    return [node for node in (nodes or {}).values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
 def instantiate_each(nodes: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a group such as `callbacks` or `logger` that has a `_target_`."""
-    return [
-        instantiate(node)
-        for node in (nodes or {}).values()
-        if isinstance(node, DictConfig) and "_target_" in node
-    ]
+    return [instantiate(node) for node in instantiable(nodes)]
 
 
 def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
     return instantiate_each(cfg.get("callbacks"))
 
 
-def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
-    return instantiate_each(cfg.get("logger"))
+def instantiate_loggers(cfg: DictConfig, purge_step: int | None = None) -> list[Logger]:
+    """The loggers of `cfg.logger`; with `purge_step` (a resumed run), TensorBoard hides what the stopped
+    run had logged from that step on, so its curves continue without doubled points."""
+    loggers = []
+    for node in instantiable(cfg.get("logger")):
+        purge = purge_step is not None and issubclass(get_class(node._target_), TensorBoardLogger)
+        loggers.append(instantiate(node, **({"purge_step": purge_step} if purge else {})))
+    return loggers

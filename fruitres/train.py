@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from fruitres.config import instantiate_callbacks, instantiate_loggers, print_config_tree
+from fruitres.distributed import check_launch
+from fruitres.errors import one_line_errors
 from fruitres.hparams import log_final_metrics, log_hyperparameters
+from fruitres.resume import expand_resume_argv, resume_point
+from fruitres.run_record import run_recorded
+from fruitres.validation import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +26,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict[str, float]:
     """Seed → data → model → callbacks → loggers → trainer → fit → test the best checkpoint → metrics."""
     L.seed_everything(cfg.seed, workers=True)
+    resume = resume_point(cfg)  # None unless ckpt_path is set; checks the checkpoint is whole
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -27,12 +35,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names
     )
     callbacks = instantiate_callbacks(cfg)
-    loggers = instantiate_loggers(cfg)
+    loggers = instantiate_loggers(cfg, purge_step=resume.step if resume else None)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    check_launch(trainer)
     log_hyperparameters(cfg, model, trainer)
 
     if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None)
     metrics = dict(trainer.callback_metrics)
 
     if cfg.test:
@@ -48,11 +57,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@one_line_errors
 def main(cfg: DictConfig) -> float | None:
-    print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.log")
-    metrics = train(cfg)
-    return metrics.get(cfg.get("optimized_metric"))
+    def job() -> dict[str, float]:
+        validate_config(cfg)
+        if rank_zero_only.rank == 0:  # DDP ranks > 0 re-run this command in the same run directory
+            print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.log")
+        return train(cfg)
+
+    return run_recorded(cfg, job)  # run_record.json: status, error, wall time, epochs, metrics
 
 
 if __name__ == "__main__":
+    sys.argv = expand_resume_argv(sys.argv)  # resume=<run dir>: that run's overrides, in that directory
     main()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,3 +53,54 @@ def tiny_train_overrides(data_dir: Path, run_dir: Path) -> list[str]:
 def train_config(tiny_dataset: Path, tmp_path: Path) -> DictConfig:
     """The default training config, shrunk, writing into this test's tmp_path."""
     return compose_config("train", tiny_train_overrides(tiny_dataset, tmp_path))
+
+
+@dataclass(frozen=True)
+class TrainedSweep:
+    """A finished two-job sweep: its folder, the job run dirs, and the best checkpoint of job 0."""
+
+    sweep_dir: Path
+    runs: list[Path]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs[0]
+
+    @property
+    def checkpoint(self) -> Path:
+        """The checkpoint the run tested: the best one on val/acc (not last.ckpt)."""
+        (best,) = (self.run_dir / "checkpoints").glob("epoch_*.ckpt")
+        return best
+
+
+@pytest.fixture(scope="session")
+def trained_sweep(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedSweep:
+    """A real `python -m fruitres.train -m` sweep on the tiny dataset (two learning rates, 3 epochs each),
+    trained once per session for the eval, predict, export, dashboard and notebook tests."""
+    root = tmp_path_factory.mktemp("sweep-root")
+    command = [
+        sys.executable,
+        "-m",
+        "fruitres.train",
+        "-m",
+        f"data.data_dir={tiny_dataset}",
+        f"data.image_size={TINY_IMAGE_SIZE}",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "data.augment=null",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=3",
+        "trainer.log_every_n_steps=1",
+        "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
+        "callbacks.figures.max_images=16",
+        "model.optimizer.lr=2e-3,5e-4",
+    ]
+    env = {**os.environ, "FRUITRES_ROOT": str(root)}
+    result = subprocess.run(
+        command, cwd=CONF_DIR.parent, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = (root / "logs" / "train" / "multiruns").iterdir()
+    runs = sorted(path for path in sweep_dir.iterdir() if (path / "checkpoints").is_dir())
+    return TrainedSweep(sweep_dir=sweep_dir, runs=runs)

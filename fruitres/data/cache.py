@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from fruitres.data.images import decode_image
 
@@ -74,11 +74,21 @@ def build_image_cache(paths: Sequence[Path], image_size: int, cache_dir: Path) -
     return array_path, unreadable
 
 
+Batch = tuple[torch.Tensor, ...]
+
+
+def collate_batch(batch: Batch | list) -> Batch | list:
+    """Keep the batches that `__getitems__` already stacked; collate lists of samples as PyTorch does."""
+    return batch if isinstance(batch, tuple) else default_collate(batch)
+
+
 class CachedImages(Dataset):
     """(uint8 CHW image, label) pairs read from a memory-mapped image cache.
 
     The array is opened lazily in each process, so pickling the dataset into DataLoader workers
-    sends a path, not the pixels.
+    sends a path, not the pixels. A DataLoader with `collate_fn=collate_batch` reads each batch with
+    one indexing of the array (`__getitems__`): the uint8 images arrive as one channels-last tensor,
+    with no per-image Python work and no copy by the collate function.
     """
 
     def __init__(self, array_path: Path, rows: Sequence[int], labels: Sequence[int]) -> None:
@@ -90,11 +100,20 @@ class CachedImages(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def array(self) -> np.ndarray:
+        """The (count, size, size, 3) uint8 cache, memory-mapped once per process."""
         if self._array is None:
             self._array = np.load(self.array_path, mmap_mode="r")
-        pixels = torch.from_numpy(np.array(self._array[self.rows[index]]))  # a writable copy
+        return self._array
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = torch.from_numpy(np.array(self.array()[self.rows[index]]))  # a writable copy
         return pixels.permute(2, 0, 1), self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        """A whole batch: (uint8 images of shape (batch, 3, size, size) in channels-last memory, labels)."""
+        pixels = torch.from_numpy(self.array()[self.rows[indices]])  # fancy indexing copies: writable
+        return pixels.permute(0, 3, 1, 2), self.labels[indices]
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_array": None}

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
-from fruitres.data.cache import CachedImages, build_image_cache
+from fruitres.data.cache import CachedImages, build_image_cache, collate_batch
 from fruitres.data.folders import DatasetLayoutError, list_class_names, list_samples
 from fruitres.data.synthetic import write_synthetic_fruits
+from fruitres.distributed import evaluation_sampler, loader_start_method
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,19 @@ class Fruits360DataModule(LightningDataModule):
         return DataLoader(
             self.datasets[split],
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+            # The shuffle draws from the global RNG, which checkpoints restore (callbacks/rng.py); worker
+            # seeds come from a generator of their own, so that persistent workers, started at another
+            # moment in a resumed run, do not shift the draws: it shuffles and augments as the original.
+            sampler=RandomSampler(self.datasets[split])
+            if shuffle
+            else evaluation_sampler(self.datasets[split], self.trainer),
+            generator=torch.Generator().manual_seed(self.hparams.split_seed),
             drop_last=shuffle and len(self.datasets[split]) > self.hparams.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.hparams.persistent_workers and self.num_workers > 0,
+            multiprocessing_context=loader_start_method(self.num_workers),
+            collate_fn=collate_batch,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -165,11 +174,11 @@ class Fruits360DataModule(LightningDataModule):
         return (images - self.mean.to(images.device)) / self.std.to(images.device)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        images, labels = batch
+        images, labels, *extra = batch  # extra: cached backbone features (linear probe), passed through
         images = images.float().div_(255)
         if self.trainer is not None and self.trainer.training and len(self.augment):
             images = self.augment(images)
-        return self.normalize(images), labels
+        return self.normalize(images), labels, *extra
 
 
 def _subset(dataset: CachedImages, indices: np.ndarray) -> CachedImages:

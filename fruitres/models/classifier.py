@@ -9,12 +9,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from omegaconf import DictConfig, OmegaConf
-from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from fruitres.models.backbone import STAGES, build_resnet, stage_modules
+from fruitres.models.feature_cache import LinearProbeFeatureCache
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05}
 
@@ -53,6 +54,8 @@ class FruitClassifier(LightningModule):
         backbone_lr_mult: float = 1.0,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        compile: bool = False,
+        cache_features: bool = True,
         optimizer: Mapping | None = None,
         scheduler: Mapping | None = None,
     ) -> None:
@@ -73,6 +76,12 @@ class FruitClassifier(LightningModule):
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         self.val_acc_best = MaxMetric()
+        # Batch-size weighted mean losses synced by torchmetrics: exact under DDP with uneven evaluation
+        # shards (Lightning's sync_dist mean truncates the averaged sample count to an integer).
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc_best.persistent(True)  # kept in checkpoints: a resumed run remembers the best so far
+        if compile:
+            self.compile()  # torch.compile of the forward pass; parameter names and checkpoints unchanged
 
     # --- the network -------------------------------------------------------------------------
     def frozen_prefix(self) -> int:
@@ -98,7 +107,7 @@ class FruitClassifier(LightningModule):
         return self.net.fc(self.features(images))
 
     def train(self, mode: bool = True) -> FruitClassifier:
-        """Lightning calls `train()` every epoch; frozen stages must stay in eval mode through it."""
+        """Train mode for all but the frozen prefix, whose BatchNorm statistics must not drift."""
         super().train(mode)
         for stage in range(self.frozen_prefix()):
             for module in stage_modules(self.net, stage):
@@ -110,33 +119,46 @@ class FruitClassifier(LightningModule):
         trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
         return {"params/total": total, "params/trainable": trainable, "params/frozen": total - trainable}
 
+    def configure_callbacks(self) -> list[Callback]:
+        """A linear probe (every stage frozen) computes its backbone features once when it can."""
+        return [LinearProbeFeatureCache()] if self.hparams.cache_features else []
+
     # --- steps -------------------------------------------------------------------------------
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        images, labels = batch
-        logits = self(images)
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+        """Loss and metrics of a batch; the logits go to callbacks (TensorBoard figures, eval reports)."""
+        images, labels, *cached_features = batch  # features: see models/feature_cache.py
+        logits = self.net.fc(cached_features[0]) if cached_features else self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         metrics.update(logits.detach(), labels)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True)
+        mean_loss: MeanMetric = getattr(self, f"{stage}_loss")
+        mean_loss(loss.detach(), len(labels))
+        self.log(f"{stage}/loss", mean_loss, on_step=on_step, on_epoch=True, prog_bar=True)
         self.log_dict(metrics, on_step=on_step, on_epoch=True, prog_bar=True)
-        return loss
+        return {"loss": loss, "logits": logits.detach()}
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._step(batch, "train")
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._step(batch, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, list | tuple) else batch
         return self(images).softmax(dim=1)
 
     def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # the sanity check's validation must not count as the best epoch
+        if self.trainer.ckpt_path is None:  # a resumed run keeps the best value its checkpoint holds
+            self.val_acc_best.reset()  # the sanity check's validation must not count as the best epoch
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning (>= 2.2) never calls train() itself; this sets the modes for the stages frozen now,
+        # after any fine-tuning callback (whose hooks run first) has unfrozen some.
+        self.train()
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

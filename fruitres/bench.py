@@ -1,0 +1,592 @@
+"""`python -m fruitres.bench`: the project's training pipeline against the tutorial's plain PyTorch loop.
+
+Both run in this one process on the same data, batch size, image size, threads and device, one after
+the other in every repeat (the order alternates), so that a machine busy with other work slows both
+alike and their ratio stays meaningful. It prints a table (median [min–max] over the repeats) and
+can write the same figures as JSON. `--help` lists the variants; README "Performance" reads the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+import lightning as L
+import psutil
+import torch
+import torchvision
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from lightning.pytorch import Callback
+from omegaconf import DictConfig
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fruitres.data.datamodule import Fruits360DataModule
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+VARIANTS = {"full": 0, "frozen3": 3, "probe": 5}  # --variants name → model.frozen_stages
+TUTORIAL = "tutorial loop (ImageFolder + ToTensor, fp32, NCHW)"
+TUTORIAL_DATA = "tutorial: ImageFolder + ToTensor (decodes every JPEG)"
+PROJECT_DATA = "project: uint8 batches from the image cache"
+PROJECT_PREPARED = "project: + to device, normalise{augment}"
+
+
+# --- measuring -------------------------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timeline:
+    """The time after each of `total` steps; throughput is over the steps after the `warmup` first ones.
+
+    Timing starts at the end of the last warm-up step. The device's queue is drained only there and at
+    the end, so that the CPU may run ahead of the GPU as it does in a real run.
+    """
+
+    def __init__(self, warmup: int, total: int, device: torch.device) -> None:
+        if not 1 <= warmup < total:
+            raise ValueError(
+                f"cannot time {total - warmup} steps after {warmup} warm-up steps; need 1 or more of each"
+            )
+        self.warmup, self.total, self.device = warmup, total, device
+        self.times: list[float] = []
+        self.images = 0
+
+    def mark(self, size: int) -> None:
+        step = len(self.times)
+        if step in (self.warmup - 1, self.total - 1):
+            synchronize(self.device)
+        self.times.append(time.perf_counter())
+        if step >= self.warmup:
+            self.images += size
+
+    def throughput(self) -> float:
+        if len(self.times) != self.total:
+            raise RuntimeError(f"only {len(self.times)} of {self.total} steps ran")
+        return self.images / (self.times[-1] - self.times[self.warmup - 1])
+
+
+class StepTimer(Callback):
+    """Marks the end of every training or validation batch of a real Trainer run on a `Timeline`."""
+
+    def __init__(self, timeline: Timeline) -> None:
+        self.timeline = timeline
+        self.fit_start = 0.0
+        self.setup_seconds = 0.0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_start = time.perf_counter()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.setup_seconds = time.perf_counter() - self.fit_start  # e.g. the linear probe's feature cache
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.timeline.mark(len(batch[1]))
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self.timeline.mark(len(batch[1]))
+
+
+@contextmanager
+def peak_rss() -> Iterator[dict[str, int]]:
+    """The peak resident memory of this process and its children (DataLoader workers), sampled."""
+    peak = {"bytes": 0}
+    stop = threading.Event()
+    process = psutil.Process()
+
+    def sample() -> None:
+        while True:
+            try:
+                rss = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(True))
+                peak["bytes"] = max(peak["bytes"], rss)
+            except psutil.Error:  # a worker exited between listing and reading
+                pass
+            if stop.wait(0.02):
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join()
+
+
+def endless(loader: DataLoader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def loader_throughput(
+    loader: DataLoader, steps: int, warmup: int, device: torch.device, prepare: Callable = lambda batch: batch
+) -> float:
+    """Images per second of `steps` batches after `warmup`, each moved to `device` and prepared."""
+    timeline = Timeline(warmup, warmup + steps, device)
+    batches = endless(loader)
+    for _ in range(warmup + steps):
+        batch = prepare([tensor.to(device, non_blocking=True) for tensor in next(batches)])
+        timeline.mark(len(batch[1]))
+    return timeline.throughput()
+
+
+# --- the tutorial's loop -----------------------------------------------------------------------------
+class TutorialLoop:
+    """The plain loop of the ResNet transfer-learning tutorial, as people copy it.
+
+    ImageFolder + ToTensor, DataLoader(batch_size, shuffle=True, num_workers=0), torchvision resnet18
+    with a new head, CrossEntropyLoss, SGD(lr=1e-4, momentum=0.9), fp32, NCHW, and the per-step `.item()`
+    calls of its running loss and accuracy; evaluation under `torch.no_grad()`.
+    """
+
+    def __init__(self, root: Path, image_size: int, batch_size: int, num_classes: int, device: torch.device):
+        steps = [torchvision.transforms.ToTensor()]
+        if not _images_have_size(root / "Training", image_size):
+            steps.insert(0, torchvision.transforms.Resize((image_size, image_size)))
+        transform = torchvision.transforms.Compose(steps)
+        dataset = torchvision.datasets.ImageFolder(str(root / "Training"), transform=transform)
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0)
+        self.num_classes = num_classes
+        self.device = device
+
+    def new_net(self) -> nn.Module:
+        net = torchvision.models.resnet18(weights=None)
+        net.fc = nn.Linear(net.fc.in_features, self.num_classes)
+        return net.to(self.device)
+
+    def train(self, net: nn.Module, steps: int, warmup: int) -> float:
+        criterion = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
+        timeline = Timeline(warmup, warmup + steps, self.device)
+        batches = endless(self.loader)
+        net.train()
+        running_loss, correct = 0.0, 0
+        for _ in range(warmup + steps):
+            data, target = (tensor.to(self.device) for tensor in next(batches))
+            optimizer.zero_grad()
+            outputs = net(data)
+            loss = criterion(outputs, target)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+            correct += torch.sum(outputs.argmax(dim=1) == target).item()
+            timeline.mark(len(target))
+        return timeline.throughput()
+
+    @torch.no_grad()
+    def evaluate(self, net: nn.Module, steps: int, warmup: int) -> float:
+        net.eval()
+        timeline = Timeline(warmup, warmup + steps, self.device)
+        batches = endless(self.loader)
+        for _ in range(warmup + steps):
+            data, target = (tensor.to(self.device) for tensor in next(batches))
+            torch.sum(net(data).argmax(dim=1) == target).item()
+            timeline.mark(len(target))
+        return timeline.throughput()
+
+
+def _images_have_size(folder: Path, size: int) -> bool:
+    """Whether the first image is already `size` × `size` (Fruits-360's and the generated ones are)."""
+    with Image.open(next(folder.glob("*/*.jpg"))) as image:
+        return image.size == (size, size)
+
+
+# --- the project -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProjectConfig:
+    """One configuration of the project under test; None keeps the experiment config's value."""
+
+    variant: str
+    precision: str | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
+
+    def overrides(self) -> list[str]:
+        chosen = {
+            "model.frozen_stages": VARIANTS[self.variant],
+            "trainer.precision": self.precision,
+            "model.channels_last": self.channels_last,
+            "model.compile": self.compile,
+        }
+        return [f"{key}={value}" for key, value in chosen.items() if value is not None]
+
+
+def describe(variant: str, cfg: DictConfig) -> str:
+    """A row label naming what the configuration actually ran with."""
+    layout = "channels-last" if cfg.model.channels_last else "NCHW"
+    compiled = ", compiled" if cfg.model.compile else ""
+    return f"project {variant} ({cfg.trainer.precision}, {layout}{compiled})"
+
+
+class Project:
+    """The project's real path: its DataModule, LightningModule and Trainer, built from the config."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.run_dir = tempfile.mkdtemp(prefix="fruitres-bench-")
+        self.cfg = self.compose([])
+        self.device = _device_of(self.cfg)
+        self.datamodule: Fruits360DataModule = instantiate(self.cfg.data)
+        self.datamodule.prepare_data()
+        self.datamodule.setup("fit")
+
+    def compose(self, overrides: list[str]) -> DictConfig:
+        """The training config of `--experiment` with the benchmark's settings, then `overrides`."""
+        args = self.args
+        settings = [
+            f"experiment={args.experiment}",
+            f"paths.output_dir={self.run_dir}",
+            "model.weights=null",  # the speed of pretrained weights, without a download
+            f"data.batch_size={args.batch_size}",
+            f"data.image_size={args.image_size}",
+            *([f"data.data_dir={args.data_dir}"] if args.data_dir else []),
+            *([f"data.num_workers={args.num_workers}"] if args.num_workers is not None else []),
+            *([f"trainer.accelerator={args.accelerator}"] if args.accelerator else []),
+            *([] if args.augment else ["data.augment=null"]),
+        ]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=[*settings, *args.overrides, *overrides])
+
+    def trainer(self, cfg: DictConfig, timer: StepTimer, **limits) -> L.Trainer:
+        return instantiate(
+            cfg.trainer,
+            callbacks=[timer],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            min_epochs=None,
+            **limits,
+        )
+
+    def train(self, cfg: DictConfig, steps: int, warmup: int) -> tuple[float, float, L.LightningModule]:
+        """(training images/s, seconds from fit start to the first batch, the trained model)."""
+        L.seed_everything(cfg.seed, verbose=False)  # the same initial weights in every repeat
+        model = instantiate(
+            cfg.model, num_classes=self.datamodule.num_classes, class_names=self.datamodule.class_names
+        )
+        timer = StepTimer(Timeline(warmup, warmup + steps, self.device))
+        trainer = self.trainer(cfg, timer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0)
+        trainer.fit(model, datamodule=self.datamodule)
+        return timer.timeline.throughput(), timer.setup_seconds, model
+
+    def evaluate(self, cfg: DictConfig, model: L.LightningModule, steps: int, warmup: int) -> float:
+        """Forward passes without gradients through `Trainer.validate`, over the training images (the
+        largest split, so that the embedded data has enough batches)."""
+        datasets = self.datamodule.datasets
+        validation = datasets["val"]
+        datasets["val"] = datasets["train"]
+        try:
+            steps = min(steps, len(self.datamodule.val_dataloader()) - warmup)
+            timer = StepTimer(Timeline(warmup, warmup + steps, self.device))
+            trainer = self.trainer(cfg, timer, limit_val_batches=warmup + steps)
+            trainer.validate(model, datamodule=self.datamodule, verbose=False)
+        finally:
+            datasets["val"] = validation
+        return timer.timeline.throughput()
+
+    def data_throughput(self, steps: int, warmup: int, prepare: bool) -> float:
+        """The training loader alone, or with the transfer, normalisation and augmentation of a fit."""
+        datamodule = self.datamodule
+        loader = datamodule.train_dataloader()
+        if not prepare:
+            return loader_throughput(loader, steps, warmup, torch.device("cpu"))
+        datamodule.augment.to(self.device)
+        datamodule.trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        datamodule.trainer.training = True  # the training augmentation runs, as in fit
+        try:
+            return loader_throughput(
+                loader, steps, warmup, self.device, lambda batch: datamodule.on_after_batch_transfer(batch, 0)
+            )
+        finally:
+            datamodule.trainer = None
+
+
+def _device_of(cfg: DictConfig) -> torch.device:
+    accelerator = cfg.trainer.accelerator
+    use_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+
+
+# --- running -----------------------------------------------------------------------------------------
+class Results:
+    """Every measurement by section, row and quantity, each a list over the repeats."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, dict[str, list[float]]]] = {}
+
+    def add(self, section: str, row: str, quantity: str, value: float) -> None:
+        self.rows.setdefault(section, {}).setdefault(row, {}).setdefault(quantity, []).append(value)
+
+    def summary(self) -> dict:
+        """Median, min, max and the values of every quantity."""
+        return {
+            section: {
+                row: {
+                    quantity: {"median": statistics.median(v), "min": min(v), "max": max(v), "values": v}
+                    for quantity, v in quantities.items()
+                }
+                for row, quantities in rows.items()
+            }
+            for section, rows in self.rows.items()
+        }
+
+
+def project_configs(args: argparse.Namespace) -> list[ProjectConfig]:
+    """Every combination of the listed variants, precisions, layouts and compile settings."""
+    return [
+        ProjectConfig(*combination)
+        for combination in product(args.variants, args.precision, args.channels_last, args.compile)
+    ]
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every repeat: the tutorial loop and each project configuration, in alternating order."""
+    torch.set_num_threads(args.threads)
+    project = Project(args)
+    jobs: list[tuple[str, DictConfig | None]] = [(TUTORIAL, None)]
+    for config in project_configs(args):
+        cfg = project.compose(config.overrides())
+        jobs.append((describe(config.variant, cfg), cfg))
+    datamodule = project.datamodule
+    tutorial = TutorialLoop(
+        datamodule.root, args.image_size, args.batch_size, datamodule.num_classes, project.device
+    )
+    results = Results()
+    for repeat in range(args.repeats):
+        print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
+        speeds = {
+            label: measure(label, cfg, project, tutorial, results, args)
+            for label, cfg in _alternate(jobs, repeat)
+        }
+        for label, speed in speeds.items():
+            results.add("train", label, "x_tutorial", speed / speeds[TUTORIAL])
+        measure_data(project, tutorial, results, args)
+    return {
+        "settings": settings(args, project),
+        **results.summary(),
+    }
+
+
+def _alternate(jobs: list, repeat: int) -> list:
+    """The jobs in order on even repeats and reversed on odd ones, so that no job always goes first."""
+    return jobs if repeat % 2 == 0 else jobs[::-1]
+
+
+def measure(
+    label: str, cfg: DictConfig | None, project: Project, tutorial: TutorialLoop, results: Results, args
+) -> float:
+    """Training throughput, peak memory and evaluation throughput of one job; returns the training one."""
+    with peak_rss() as peak:
+        if cfg is None:
+            net = tutorial.new_net()
+            speed = tutorial.train(net, args.steps, args.warmup)
+        else:
+            speed, setup_seconds, model = project.train(cfg, args.steps, args.warmup)
+    results.add("train", label, "images_per_s", speed)
+    results.add("train", label, "peak_rss_mib", peak["bytes"] / 2**20)
+    if cfg is None:
+        results.add("eval", label, "images_per_s", tutorial.evaluate(net, args.eval_steps, args.warmup))
+    else:
+        results.add("train", label, "setup_s", setup_seconds)
+        results.add("eval", label, "images_per_s", project.evaluate(cfg, model, args.eval_steps, args.warmup))
+    return speed
+
+
+def measure_data(project: Project, tutorial: TutorialLoop, results: Results, args) -> None:
+    """Data loading alone (no model): the tutorial's loader, then the project's with and without prep."""
+    warmup, steps = args.warmup, args.data_steps
+    results.add(
+        "data",
+        TUTORIAL_DATA,
+        "images_per_s",
+        loader_throughput(tutorial.loader, steps, warmup, project.device),
+    )
+    results.add(
+        "data", PROJECT_DATA, "images_per_s", project.data_throughput(steps * 4, warmup, prepare=False)
+    )
+    label = PROJECT_PREPARED.format(augment=", augment" if args.augment else "")
+    results.add("data", label, "images_per_s", project.data_throughput(steps * 4, warmup, prepare=True))
+
+
+def settings(args: argparse.Namespace, project: Project) -> dict:
+    """What was measured, and on what."""
+    datamodule = project.datamodule
+    device = project.device
+    return {
+        "command": "python -m fruitres.bench " + " ".join(args.argv),
+        "machine": _machine_name(device),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "data_dir": str(datamodule.root),
+        "train_images": len(datamodule.datasets["train"]),
+        "num_classes": datamodule.num_classes,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "num_workers": datamodule.num_workers,
+        "augment": args.augment,
+        "experiment": args.experiment,
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "repeats": args.repeats,
+    }
+
+
+def _machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({psutil.cpu_count()} cores)"
+    return f"{platform.processor() or platform.machine()} ({psutil.cpu_count()} cores)"
+
+
+# --- reporting ---------------------------------------------------------------------------------------
+def _spread(stats: dict, digits: int = 0) -> str:
+    return f"{stats['median']:.{digits}f} [{stats['min']:.{digits}f}–{stats['max']:.{digits}f}]"
+
+
+def _on_off(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def format_table(report: dict) -> str:
+    """The report as text: settings, then training, evaluation and data-loading rows."""
+    s = report["settings"]
+    lines = [
+        f"fruitres benchmark: ResNet-18 on {s['data_dir']} ({s['train_images']} training images, "
+        f"{s['num_classes']} classes), {s['image_size']}×{s['image_size']}, batch {s['batch_size']}",
+        f"machine: {s['machine']}, device {s['device']}, {s['threads']} threads, torch {s['torch']}; "
+        f"project loader workers: {s['num_workers']}; training augmentation: {_on_off(s['augment'])}",
+        f"each figure: median [min–max] of {s['repeats']} repeats of {s['timed_steps']} timed steps after "
+        f"{s['warmup_steps']} warm-up steps; tutorial and project alternate within every repeat",
+        "",
+        f"{'training':<58} {'images/s':>20} {'× tutorial':>20} {'peak RSS MiB':>13}",
+    ]
+    for label, row in report["train"].items():
+        speed, ratio, memory = (
+            _spread(row["images_per_s"]),
+            _spread(row["x_tutorial"], 2),
+            row["peak_rss_mib"],
+        )
+        lines.append(f"{label:<58} {speed:>20} {ratio:>20} {memory['median']:>13.0f}")
+    lines += ["", f"{'evaluation (no gradients)':<58} {'images/s':>20}"]
+    lines += [f"{label:<58} {_spread(row['images_per_s']):>20}" for label, row in report["eval"].items()]
+    lines += ["", f"{'data loading only (no model)':<58} {'images/s':>20}"]
+    lines += [f"{label:<58} {_spread(row['images_per_s']):>20}" for label, row in report["data"].items()]
+    setups = {label: row["setup_s"] for label, row in report["train"].items() if "setup_s" in row}
+    if any(stats["max"] > 1 for stats in setups.values()):
+        lines += [
+            "",
+            "fit set-up before the first step (seconds; a linear probe computes its cached features here "
+            "on the first run only):",
+        ]
+        lines += [f"  {label:<56} {_spread(stats, 1):>20}" for label, stats in setups.items()]
+    return "\n".join(lines)
+
+
+# --- the command line --------------------------------------------------------------------------------
+def _choices(kind: Callable, allowed: tuple | None = None) -> Callable[[str], list]:
+    """A comma-separated list argument, each item converted by `kind`."""
+
+    def parse(text: str) -> list:
+        items = [kind(item.strip()) for item in text.split(",") if item.strip()]
+        if allowed is not None and not set(items) <= set(allowed):
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(map(str, allowed))}")
+        return items
+
+    return parse
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m fruitres.bench",
+        description="Training throughput of the project's pipeline against the tutorial's plain loop.",
+        epilog="Lists (a,b) make one project row per combination. Unset precision/channels-last/compile "
+        "keep the experiment config's values. Extra key=value arguments are Hydra overrides.",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides of the training config, e.g. data.num_workers=1"
+    )
+    parser.add_argument("--data-dir", help="a folder with Training/ and Test/ (default: the embedded data)")
+    parser.add_argument("--experiment", default="resnet18", help="the experiment config (default resnet18)")
+    parser.add_argument(
+        "--variants",
+        type=_choices(str, tuple(VARIANTS)),
+        default=["full", "frozen3", "probe"],
+        help="full (fine-tune all), frozen3 (frozen_stages=3), probe (frozen_stages=5)",
+    )
+    parser.add_argument("--precision", type=_choices(str), default=[None], help="e.g. 32-true,bf16-mixed")
+    parser.add_argument(
+        "--channels-last", type=_choices(_boolean), default=[None], help="true, false or both"
+    )
+    parser.add_argument(
+        "--compile", type=_choices(_boolean), default=[None], help="torch.compile: true/false"
+    )
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="keep the config's training augmentation (off by default: the tutorial does none)",
+    )
+    parser.add_argument("--accelerator", help="cpu or gpu (default: the config's, a GPU when there is one)")
+    parser.add_argument("--image-size", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--num-workers", type=int, help="project loader workers (default: the config's)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for both")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per repeat")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing starts")
+    parser.add_argument("--eval-steps", type=int, default=3, help="timed evaluation batches per repeat")
+    parser.add_argument("--data-steps", type=int, default=5, help="timed batches of the tutorial's loader")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else []
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", module="lightning")
+    for name in ("lightning.pytorch", "lightning.fabric", "fruitres"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    report = run(args)
+    print()
+    print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nJSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

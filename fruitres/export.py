@@ -1,0 +1,94 @@
+"""`python -m fruitres.export ckpt_path=<file> format=onnx|torchscript`: a model usable without fruitres."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from fruitres.config import print_config_tree
+from fruitres.inference import LoadedCheckpoint, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+def example_inputs(checkpoint: LoadedCheckpoint) -> torch.Tensor:
+    return torch.zeros(2, 3, checkpoint.image_size, checkpoint.image_size)
+
+
+def export_onnx(checkpoint: LoadedCheckpoint, path: Path, opset: int) -> None:
+    """ONNX graph with a dynamic batch axis, run by ONNX Runtime or any ONNX consumer."""
+    # The TorchScript-based exporter: the torch.export-based default needs the extra onnxscript package.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            checkpoint.model,
+            (example_inputs(checkpoint),),
+            str(path),
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+        )
+
+
+def export_torchscript(checkpoint: LoadedCheckpoint, path: Path) -> None:
+    """A traced TorchScript module, loaded with `torch.jit.load` without this package."""
+    # The module's forward is exactly its torchvision network's; tracing the LightningModule itself trips on
+    # its properties that need a Trainer.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+        torch.jit.trace(checkpoint.model.net, example_inputs(checkpoint)).save(str(path))
+
+
+def metadata(checkpoint: LoadedCheckpoint, model_file: Path, fmt: str) -> dict[str, Any]:
+    """What a consumer needs beside the model: class names in output order and the preprocessing."""
+    size = checkpoint.image_size
+    return {
+        "format": fmt,
+        "model_file": model_file.name,
+        "checkpoint": str(checkpoint.path),
+        "arch": checkpoint.model.hparams.arch,
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(checkpoint.class_names)], "softmax": False},
+        "preprocessing": checkpoint.preprocessing(),
+        "class_names": checkpoint.class_names,
+    }
+
+
+def export(cfg: DictConfig) -> Path:
+    """Write model.<ext> and model.json into the run directory; return the model file."""
+    if cfg.format not in FORMATS:
+        raise ValueError(f"format={cfg.format} is not supported; choose one of {', '.join(FORMATS)}")
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model_file = output_dir / f"model{FORMATS[cfg.format]}"
+    if cfg.format == "onnx":
+        export_onnx(checkpoint, model_file, cfg.opset)
+    else:
+        export_torchscript(checkpoint, model_file)
+    meta_file = model_file.with_suffix(".json")
+    meta_file.write_text(json.dumps(metadata(checkpoint, model_file, cfg.format), indent=2))
+    log.info("Exported %s and %s", model_file, meta_file)
+    return model_file
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.log")
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""A trained model and its preprocessing, rebuilt from a checkpoint without running pickled code."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fruitres.data.datamodule import Fruits360DataModule
+from fruitres.data.images import decode_image
+from fruitres.models.classifier import FruitClassifier
+
+REQUIRED_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint cannot be used; the message names the file and what to do."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    """The model in eval mode, its class list, and the datamodule that normalises its input."""
+
+    path: Path
+    model: FruitClassifier
+    datamodule: Fruits360DataModule
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.model.hparams.class_names)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.datamodule.hparams.image_size)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How an image file becomes the network's input, for tools outside this package."""
+        return {
+            "image_size": self.image_size,
+            "resize": "bilinear, to image_size x image_size (transparency composited over white)",
+            "scale": "RGB uint8 / 255",
+            "mean": list(self.datamodule.hparams.mean),
+            "std": list(self.datamodule.hparams.std),
+            "layout": "NCHW float32, normalised as (x - mean) / std per channel",
+        }
+
+    def load_image(self, path: str | Path) -> torch.Tensor:
+        """One image file as the uint8 CHW tensor the datamodule batches; raises if it cannot be decoded."""
+        return torch.from_numpy(decode_image(path, self.image_size).copy()).permute(2, 0, 1)
+
+    def inputs(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 (N, 3, H, W) images → the normalised float batch the network takes."""
+        return self.datamodule.normalize(torch.as_tensor(images))
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Rebuild model and preprocessing from a `fruitres.train` checkpoint, loading with `weights_only=True`.
+
+    Weights-only unpickling accepts tensors and plain containers only, so a crafted file cannot run code
+    here.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(
+            f"ckpt_path={path} is not a file; pass a .ckpt from a run's checkpoints/ folder"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"ckpt_path={path} cannot be loaded as weights only ({reason}); fruitres never unpickles "
+            "arbitrary objects: use a checkpoint written by fruitres.train"
+        ) from None
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"ckpt_path={path} lacks {', '.join(missing)}; use a checkpoint written by fruitres.train"
+        )
+    # The checkpoint holds every weight: fetch no pretrained ones. Run eagerly: a compiled forward cannot
+    # be exported, and one pass over a test set does not repay compiling.
+    hparams = {**checkpoint["hyper_parameters"], "weights": None, "weights_path": None, "compile": False}
+    model = FruitClassifier(**hparams)
+    model.load_state_dict(checkpoint["state_dict"])
+    datamodule = Fruits360DataModule(**checkpoint["datamodule_hyper_parameters"])
+    return LoadedCheckpoint(path=path, model=model.eval(), datamodule=datamodule)

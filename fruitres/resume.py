@@ -1,0 +1,80 @@
+"""Continuing a stopped run in its own run directory and TensorBoard run.
+
+``python -m fruitres.train resume=<run dir> [overrides]`` re-runs the command with the run's saved
+overrides (``<run dir>/.hydra/overrides.yaml``), then the new ones, ``ckpt_path=last`` and
+``hydra.run.dir=<run dir>``; ``ckpt_path=last`` picks the newer of ``checkpoints/last.ckpt`` (the end of
+the last finished epoch) and ``checkpoints/interrupted.ckpt`` (written on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fruitres.checkpoint_io import PARTIAL_SUFFIX, check_checkpoint_file
+
+log = logging.getLogger(__name__)
+
+RESUME_PREFIX = "resume="
+# The files written by the checkpoint callbacks of conf/callbacks/default.yaml that ckpt_path=last looks for.
+RESUMABLE_NAMES = ("last.ckpt", "interrupted.ckpt")
+
+
+def expand_resume_argv(argv: list[str]) -> list[str]:
+    """Rewrite `resume=<run dir>` into the overrides that continue that run; other command lines pass."""
+    given = [arg for arg in argv[1:] if arg.startswith(RESUME_PREFIX)]
+    if not given:
+        return argv
+    run_dir = Path(given[-1].removeprefix(RESUME_PREFIX)).expanduser().resolve()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise SystemExit(
+            f"resume={run_dir}: no .hydra/overrides.yaml there; pass a run directory "
+            "(logs/train/runs/<time>) or one job of a sweep (logs/train/multiruns/<time>/<job number>)"
+        )
+    rest = [arg for arg in argv[1:] if not arg.startswith(RESUME_PREFIX)]
+    if {"-m", "--multirun"} & set(rest):
+        raise SystemExit("resume= continues one run; resume the jobs of a sweep one by one, without -m")
+    flags = [arg for arg in rest if arg.startswith("-")]
+    overrides = [arg for arg in rest if not arg.startswith("-")]
+    # Hydra applies overrides in order, so a later value of the same key wins.
+    previous = [str(item) for item in OmegaConf.load(saved)]
+    return [argv[0], *flags, *previous, "ckpt_path=last", *overrides, f"hydra.run.dir={run_dir}"]
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    checkpoint: Path | None  # None: nothing was saved yet, start again in the same run directory
+    step: int  # TensorBoard drops what the stopped run logged from this step on
+
+
+def resume_point(cfg: DictConfig) -> ResumePoint | None:
+    """Where `ckpt_path` says to continue from (None for a fresh run); the checkpoint is checked whole."""
+    value = cfg.get("ckpt_path")
+    if value is None:
+        return None
+    if value == "last":
+        folder = Path(cfg.paths.output_dir) / "checkpoints"
+        _remove_partial_files(folder)
+        found = [folder / name for name in RESUMABLE_NAMES if (folder / name).is_file()]
+        if not found:
+            log.warning("No checkpoint in %s yet: training from the start in the same run directory", folder)
+            return ResumePoint(None, 0)
+        checkpoint = max(found, key=lambda path: path.stat().st_mtime)
+    else:
+        checkpoint = Path(value).expanduser()  # validate_config checked that it exists
+    check_checkpoint_file(checkpoint)
+    step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    log.info("Resuming from %s (step %d)", checkpoint, step)
+    return ResumePoint(checkpoint, step)
+
+
+def _remove_partial_files(folder: Path) -> None:
+    """A checkpoint write cut off by a kill leaves a hidden partial file; the resumed run owns the folder."""
+    for partial in folder.glob(f".*{PARTIAL_SUFFIX}"):
+        log.info("Removing %s, a checkpoint write cut off when the run stopped", partial)
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,103 @@
+"""Each job's outcome in its own run directory (`run_record.json`): what sweep tables are built from.
+
+A record says whether the job finished (status ok) or failed (with its error), its overrides, its wall
+time, how many epochs it trained and its final metrics. In a sweep a failed job is recorded and the
+sweep goes on; a re-launched sweep (same `hydra.sweep.dir`) reuses the jobs already recorded as ok.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+RECORD_FILE = "run_record.json"
+LAST_CHECKPOINT = (
+    Path("checkpoints") / "last.ckpt"
+)  # written at every epoch end (conf/callbacks/default.yaml)
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """The record of the job that ran in `run_dir`, or None if it has none (yet)."""
+    path = Path(run_dir) / RECORD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """Replace the record at once, so a reader never sees half of one."""
+    path = Path(run_dir) / RECORD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{RECORD_FILE}.partial")
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    partial.replace(path)
+
+
+def epochs_trained(run_dir: Path, since: float) -> int | None:
+    """Finished epochs, from the end-of-epoch checkpoint written after `since` (None if there is none)."""
+    checkpoint = Path(run_dir) / LAST_CHECKPOINT
+    if not checkpoint.is_file() or checkpoint.stat().st_mtime < since:  # not one of an earlier attempt's
+        return None
+    # saved during its last epoch, whose index it holds
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
+
+
+def root_cause(error: BaseException) -> str:
+    """The innermost error of a chain (Hydra wraps errors raised while instantiating), on one line."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def run_recorded(cfg: DictConfig, job: Callable[[], dict[str, float]]) -> float | None:
+    """Run `job` and record its outcome; returns the optimized metric (None for a failed sweep job).
+
+    A failed single run re-raises (non-zero exit status); a failed sweep job is logged and the sweep goes
+    on. A sweep job whose directory already holds an ok record for the same overrides is not run again.
+    """
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    metric = cfg.get("optimized_metric")
+
+    previous = read_record(run_dir)
+    if in_sweep and previous and previous["status"] == "ok" and previous["overrides"] == overrides:
+        log.info("Job %s already finished (%s): reusing its record, not training again", run_dir, RECORD_FILE)
+        return previous["metrics"].get(metric)
+
+    record: dict[str, Any] = {
+        "overrides": overrides,
+        "optimized_metric": metric,
+        "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    started = time.time()
+    try:
+        metrics = job()
+    except Exception as error:
+        record |= {"status": "failed", "error": root_cause(error), "metrics": {}}
+        _finish(run_dir, record, started)
+        if not in_sweep:
+            raise
+        log.exception("Job %s failed; the sweep goes on (the error is in %s)", run_dir, RECORD_FILE)
+        return None
+    record |= {"status": "ok", "error": None, "metrics": metrics}
+    _finish(run_dir, record, started)
+    return metrics.get(metric)
+
+
+def _finish(run_dir: Path, record: dict[str, Any], started: float) -> None:
+    record |= {"wall_time_s": round(time.time() - started, 1), "epochs": epochs_trained(run_dir, started)}
+    if rank_zero_only.rank == 0:  # DDP ranks > 0 run in the same directory
+        write_record(run_dir, record)

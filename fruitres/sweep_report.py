@@ -1,0 +1,133 @@
+"""`python -m fruitres.sweep_report SWEEP_DIR`: one table of a sweep's jobs, best first.
+
+Built from each job's `run_record.json` (fruitres/run_record.py): the parameters the jobs vary, the
+validation and test accuracy, epochs, wall time, status and error. Written as `sweep_results.csv` and
+`sweep_results.md` into the sweep directory and printed. Hydra calls it at the end of every multirun
+(`conf/hydra/default.yaml`); the command rebuilds it for any sweep directory, finished or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from fruitres.run_record import read_record
+
+log = logging.getLogger(__name__)
+
+CSV_FILE = "sweep_results.csv"
+MARKDOWN_FILE = "sweep_results.md"
+METRIC_COLUMNS = ("val/acc_best", "test/acc")
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The jobs' directories (Hydra names them by job number), in job order."""
+    dirs = [path for path in sweep_dir.iterdir() if path.is_dir() and (path / ".hydra").is_dir()]
+    return sorted(dirs, key=lambda path: (len(path.name), path.name))  # 2 before 10
+
+
+def job_overrides(job_dir: Path) -> dict[str, str]:
+    """The job's command-line overrides as key → value (Hydra saves them before the job starts)."""
+    saved = OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")
+    return dict(str(override).partition("=")[::2] for override in saved)
+
+
+def sweep_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """One row per job, best first, with the overrides the jobs differ in; and the overrides they share."""
+    dirs = job_dirs(sweep_dir)
+    records = [
+        read_record(path) or {"status": "no record (running, or killed)", "metrics": {}} for path in dirs
+    ]
+    overrides = [job_overrides(path) for path in dirs]
+    keys = list(dict.fromkeys(key for job in overrides for key in job))
+    varying = [key for key in keys if len({job.get(key) for job in overrides}) > 1] or keys
+    shared = {key: overrides[0][key] for key in keys if key not in varying}
+    rows = [
+        {
+            "job": path.name,
+            **{key: job.get(key, "") for key in varying},
+            **{metric: record["metrics"].get(metric) for metric in METRIC_COLUMNS},
+            "epochs": record.get("epochs"),
+            "wall_time_s": record.get("wall_time_s"),
+            "status": record["status"],
+            "error": record.get("error") or "",
+        }
+        for path, record, job in zip(dirs, records, overrides, strict=True)
+    ]
+    ranks = [_rank(record) for record in records]
+    return [row for _, row in sorted(zip(ranks, rows, strict=True), key=lambda pair: pair[0])], shared
+
+
+def _rank(record: dict[str, Any]) -> tuple[bool, float]:
+    """Jobs with a value of the optimized metric first, best first (a *loss* ascending, others descending)."""
+    name = record.get("optimized_metric")
+    value = record["metrics"].get(name)
+    if value is None or math.isnan(value):
+        return True, 0.0
+    return False, value if "loss" in name else -value
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if column in METRIC_COLUMNS:
+        return f"{value:.4f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(rows: list[dict[str, Any]], shared: dict[str, str]) -> str:
+    if not rows:
+        return "No jobs in this sweep yet.\n"
+    header = list(rows[0])
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(_cell(key, row[key]) for key in header) + " |" for row in rows),
+    ]
+    if shared:
+        lines += ["", "All jobs: " + " ".join(f"`{key}={value}`" for key, value in shared.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_sweep_report(sweep_dir: Path) -> str:
+    """Write the CSV and Markdown tables into `sweep_dir`; returns the Markdown."""
+    sweep_dir = Path(sweep_dir)
+    rows, shared = sweep_rows(sweep_dir)
+    with open(sweep_dir / CSV_FILE, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["job"])
+        writer.writeheader()
+        writer.writerows(rows)
+    table = markdown_table(rows, shared)
+    (sweep_dir / MARKDOWN_FILE).write_text(table)
+    return table
+
+
+class WriteSweepReport(Callback):
+    """Hydra callback: the sweep table, written and printed when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        print(write_sweep_report(sweep_dir))
+        log.info("Sweep table: %s and %s", sweep_dir / CSV_FILE, sweep_dir / MARKDOWN_FILE)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory, e.g. logs/train/multiruns/<time>")
+    sweep_dir = parser.parse_args(argv).sweep_dir
+    if not sweep_dir.is_dir():
+        parser.error(
+            f"{sweep_dir} is not a directory; pass a sweep directory such as logs/train/multiruns/<time>"
+        )
+    print(write_sweep_report(sweep_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Checks of the composed config before any work, each failing with one line: key, bad value, what is allowed.
+
+Hydra itself already refuses unknown keys (``data.bogus=1``) and unknown group options (``experiment=nope``,
+``model=resnet99``) with a one-line message listing the choices; these rules cover values that compose
+fine but cannot run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torchvision
+from omegaconf import DictConfig, OmegaConf
+
+from fruitres.data.datamodule import BAD_IMAGE_POLICIES
+from fruitres.data.synthetic import MIN_IMAGE_SIZE
+from fruitres.models.backbone import ARCHS, STAGES
+
+_ABSENT = object()
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    key: str
+    allowed: str  # shown to the user: "use <allowed>"
+    check: Callable[[Any], bool]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def int_at_least(low: int, high: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and v >= low and (high is None or v <= high)
+
+
+def number_in(low: float, high: float | None = None, *, low_open: bool = False) -> Callable[[Any], bool]:
+    """low ≤ v < high (low < v with low_open); no upper bound when high is None."""
+    return lambda v: _is_number(v) and (v > low if low_open else v >= low) and (high is None or v < high)
+
+
+def one_of(choices: Sequence[Any]) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+def optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("seed", "an integer", _is_int),
+    Rule("data.image_size", f"an integer ≥ {MIN_IMAGE_SIZE}", int_at_least(MIN_IMAGE_SIZE)),
+    Rule("data.val_fraction", "a number ≥ 0 and < 1", number_in(0, 1)),
+    Rule("data.batch_size", "an integer ≥ 1", int_at_least(1)),
+    Rule("data.num_workers", "null (automatic) or an integer ≥ 0", optional(int_at_least(0))),
+    Rule("data.on_bad_image", " or ".join(BAD_IMAGE_POLICIES), one_of(BAD_IMAGE_POLICIES)),
+    Rule("model.arch", "one of " + ", ".join(ARCHS), one_of(ARCHS)),
+    Rule(
+        "model.frozen_stages",
+        f"an integer 0..{len(STAGES)} (0 = train everything, {len(STAGES)} = only the head)",
+        int_at_least(0, len(STAGES)),
+    ),
+    Rule("model.backbone_lr_mult", "a number ≥ 0", number_in(0)),
+    Rule("model.label_smoothing", "a number ≥ 0 and < 1", number_in(0, 1)),
+    Rule("model.optimizer.lr", "a number > 0", number_in(0, low_open=True)),
+    Rule(
+        "ckpt_path",
+        "null, last (this run's newest checkpoint) or an existing checkpoint file",
+        lambda v: v is None or v == "last" or Path(str(v)).expanduser().is_file(),
+    ),
+    Rule("trainer.max_epochs", "an integer ≥ 1, or -1 for no limit", lambda v: v == -1 or int_at_least(1)(v)),
+)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value that cannot run, before any data or model is touched."""
+    for rule in RULES:
+        value = OmegaConf.select(cfg, rule.key, default=_ABSENT)
+        if value is not _ABSENT and not rule.check(value):
+            raise ConfigError(f"{rule.key}={value} is not allowed; use {rule.allowed}")
+    _check_weights_name(cfg)
+
+
+def _check_weights_name(cfg: DictConfig) -> None:
+    """A torchvision weights name is checked against its enum here, before anything is downloaded."""
+    name = OmegaConf.select(cfg, "model.weights", default=None)
+    arch = OmegaConf.select(cfg, "model.arch", default=None)
+    if name is None or arch is None:
+        return
+    names = torchvision.models.get_model_weights(arch).__members__
+    if name not in names:
+        raise ConfigError(f"model.weights={name} is not allowed; use null or one of {', '.join(names)}")

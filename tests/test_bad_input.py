@@ -1,0 +1,226 @@
+"""Training on a folder with problems, and bad configuration: one clear line and exit status 1, no traceback
+wall, or the documented skip of unreadable images."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli import TINY_CLI, run_train
+from conftest import TINY_IMAGE_SIZE, compose_config, tiny_train_overrides
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import open_dict
+from PIL import Image
+
+from fruitres.train import train
+from fruitres.validation import ConfigError, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+def first_class(split: Path) -> Path:
+    return min(p for p in split.iterdir() if p.is_dir())
+
+
+def add_problem_files(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """Plant every kind of file a real folder holds in Training/<first class>.
+
+    Returns (files that must be ignored, images that must be converted, files that cannot be read).
+    """
+    folder = first_class(root / "Training")
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    photo = Image.fromarray(pixels)
+    convertible = {
+        "grey.jpg": photo.convert("L"),
+        "alpha.png": photo.convert("RGBA"),
+        "palette.png": photo.convert("P"),
+        "cmyk.jpg": photo.convert("CMYK"),
+        "bilevel.png": photo.convert("1"),
+        "odd size.jpg": photo.resize((57, 23)),
+    }
+    for name, image in convertible.items():
+        image.save(folder / name)
+    good_jpeg = (folder / "grey.jpg").read_bytes()
+    unreadable = {
+        "corrupt.jpg": os.urandom(2000),
+        "empty.jpg": b"",
+        "cut off.jpg": good_jpeg[: len(good_jpeg) // 2],
+    }
+    ignored = {
+        ".DS_Store": os.urandom(100),
+        "Thumbs.db": os.urandom(100),
+        "notes.txt": b"picked 2019",
+        "._x.jpg": b"x",
+    }
+    for name, data in (unreadable | ignored).items():
+        (folder / name).write_bytes(data)
+    (root / "Training" / ".DS_Store").write_bytes(os.urandom(100))
+    (root / "Training" / "README.txt").write_text("not a class")
+    (root / "Training" / ".ipynb_checkpoints").mkdir()
+    return (
+        [folder / name for name in ignored],
+        [folder / name for name in convertible],
+        [folder / name for name in unreadable],
+    )
+
+
+@pytest.fixture
+def problem_tree(tiny_dataset: Path, tmp_path: Path) -> tuple[Path, list[Path], list[Path], list[Path]]:
+    root = tmp_path / "fruits"
+    shutil.copytree(tiny_dataset, root)
+    return root, *add_problem_files(root)
+
+
+def test_problem_folder_is_read_with_one_warning_listing_the_unreadable_images(
+    problem_tree, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, ignored, convertible, unreadable = problem_tree
+    cfg = compose_config("train", tiny_train_overrides(root, tmp_path))
+    datamodule = instantiate(cfg.data)
+    with caplog.at_level(logging.WARNING):
+        datamodule.setup("fit")
+
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert all(str(path) in warning for path in unreadable), warning
+    assert not any(path.name in warning for path in ignored + convertible)
+    train_val = len(datamodule.datasets["train"]) + len(datamodule.datasets["val"])
+    assert train_val == 5 * 40 + len(convertible)
+    images, _ = next(iter(datamodule.train_dataloader()))
+    assert images.shape[1:] == (3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+
+
+def test_problem_folder_trains_end_to_end(problem_tree, tmp_path: Path) -> None:
+    root, *_ = problem_tree
+    cfg = compose_config("train", tiny_train_overrides(root, tmp_path))
+    with open_dict(cfg):
+        cfg.trainer.fast_dev_run = True
+    assert "test/acc" in train(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.val_fraction=1.5", "data.val_fraction=1.5 is not allowed; use a number ≥ 0 and < 1"),
+        ("data.batch_size=0", "data.batch_size=0 is not allowed; use an integer ≥ 1"),
+        ("model.frozen_stages=-1", "model.frozen_stages=-1 is not allowed; use an integer 0..5"),
+        ("model.frozen_stages=two", "model.frozen_stages=two is not allowed; use an integer 0..5"),
+        ("data.on_bad_image=ignore", "data.on_bad_image=ignore is not allowed; use skip or error"),
+        (
+            "model.arch=resnet99",
+            "model.arch=resnet99 is not allowed; use one of resnet18, resnet34, resnet50",
+        ),
+        ("model.weights=IMAGENET1K_V9", "model.weights=IMAGENET1K_V9 is not allowed; use null or one of"),
+        ("model.optimizer.lr=0", "model.optimizer.lr=0 is not allowed; use a number > 0"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed; use an integer ≥ 1, or -1"),
+        ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt is not allowed; use null, last"),
+        ("data.image_size=8", "data.image_size=8 is not allowed; use an integer ≥ 16"),
+    ],
+)
+def test_out_of_range_value_names_the_key_the_value_and_what_is_allowed(override: str, message: str) -> None:
+    cfg = compose_config("train", [override])
+    with pytest.raises(ConfigError) as error:
+        validate_config(cfg)
+    assert str(error.value).startswith(message)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_shipped_experiment_passes_validation(experiment: str) -> None:
+    validate_config(compose_config("train", [f"experiment={experiment}"]))
+
+
+def test_unknown_model_name_lists_the_choices() -> None:
+    with pytest.raises(MissingConfigException, match=r"Could not find 'model/resnet99'") as error:
+        compose_config("train", ["model=resnet99"])
+    assert "resnet18" in str(error.value)
+
+
+# --- the same through the command line, in real processes ----------------------------------------------
+
+
+def planted(tiny_dataset: Path, root: Path, plant) -> Path:
+    data = root / "fruits"
+    shutil.copytree(tiny_dataset, data)
+    plant(data)
+    return data
+
+
+def empty_class(data: Path) -> None:
+    (data / "Training" / "Plum Empty").mkdir()
+
+
+def unknown_test_class(data: Path) -> None:
+    (data / "Test" / "Kiwi Golden").mkdir()
+    Image.new("RGB", (32, 32), "green").save(data / "Test" / "Kiwi Golden" / "0.jpg")
+
+
+def only_test(data: Path) -> None:
+    shutil.rmtree(data / "Training")
+
+
+def corrupt_image(data: Path) -> None:
+    (first_class(data / "Training") / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+
+
+# case: (overrides, plant into a copy of the tiny dataset or None, text the one error line holds)
+CLI_CASES = {
+    "frozen_stages": (
+        ["model.frozen_stages=9"],
+        None,
+        "model.frozen_stages=9 is not allowed; use an integer 0..5",
+    ),
+    "unknown_experiment": (["experiment=nope"], None, "Could not find 'experiment/nope'"),
+    "unknown_key": (["data.bogus=1"], None, "Could not override 'data.bogus'"),
+    "missing_data_dir": (
+        ["data.data_dir={root}/nowhere"],
+        None,
+        "nowhere has no Training/ folder; pass the folder",
+    ),
+    "missing_training": ([], only_test, "has no Training/ folder; pass the folder that holds Training/"),
+    "empty_class": ([], empty_class, "Plum Empty holds no images; add images or delete the empty folder"),
+    "unknown_test_class": ([], unknown_test_class, "has classes that Training/ lacks: Kiwi Golden; add them"),
+    "corrupt_image_error": (
+        ["data.on_bad_image=error"],
+        corrupt_image,
+        "broken.jpg; remove them or set data.",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]]:
+    """Every bad command line, a few at a time (they spend most of their time importing): status, output."""
+    commands = {}
+    for case, (overrides, plant, _) in CLI_CASES.items():
+        root = tmp_path_factory.mktemp(case)
+        data = [f"data.data_dir={planted(tiny_dataset, root, plant)}"] if plant else []
+        commands[case] = ([*TINY_CLI, *data, *(o.format(root=root) for o in overrides)], root, {})
+    root = tmp_path_factory.mktemp("full_error")
+    commands["full_error"] = ([*TINY_CLI, "model.frozen_stages=9"], root, {"HYDRA_FULL_ERROR": "1"})
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {
+            case: pool.submit(run_train, args, root, **env) for case, (args, root, env) in commands.items()
+        }
+        return {case: future.result() for case, future in futures.items()}
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_bad_command_line_stops_with_one_line_and_no_traceback(case: str, cli_runs) -> None:
+    status, output = cli_runs[case]
+    assert status == 1, output[-2000:]
+    assert "Traceback" not in output, output[-3000:]
+    lines = [line for line in output.splitlines() if CLI_CASES[case][2] in line]
+    assert len(lines) == 1, output[-3000:]
+
+
+def test_full_traceback_stays_available_with_hydra_full_error(cli_runs) -> None:
+    status, output = cli_runs["full_error"]
+    assert status == 1
+    assert "Traceback" in output and "ConfigError: model.frozen_stages=9 is not allowed" in output

@@ -1,0 +1,108 @@
+"""`fruitres.export`: ONNX and TorchScript files that give the Lightning module's logits on their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from conftest import TrainedSweep, compose_config
+from PIL import Image
+
+from fruitres.export import export
+from fruitres.inference import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def consumer_inputs(images: list[Path], meta: dict) -> np.ndarray:
+    """What a program without fruitres does with model.json: resize, scale, normalise, NCHW."""
+    pre = meta["preprocessing"]
+    size = pre["image_size"]
+    arrays = [
+        np.asarray(
+            Image.open(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.float32
+        )
+        for path in images
+    ]
+    batch = (np.stack(arrays) / 255 - np.array(pre["mean"], np.float32)) / np.array(pre["std"], np.float32)
+    return batch.transpose(0, 3, 1, 2).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def generated_images(tiny_dataset: Path) -> list[Path]:
+    """One generated test image of every class."""
+    return [class_dir / "0000.jpg" for class_dir in sorted((tiny_dataset / "Test").iterdir())]
+
+
+def exported(checkpoint: Path, out: Path, fmt: str) -> tuple[Path, dict]:
+    model_file = export(
+        compose_config("export", [f"ckpt_path={checkpoint}", f"format={fmt}", f"paths.output_dir={out}"])
+    )
+    return model_file, json.loads(model_file.with_suffix(".json").read_text())
+
+
+def lightning_logits(checkpoint: Path, images: list[Path]) -> torch.Tensor:
+    loaded = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        return loaded.model(loaded.inputs(torch.stack([loaded.load_image(p) for p in images])))
+
+
+def test_onnx_export_gives_the_lightning_modules_logits_from_its_json_alone(
+    trained_sweep: TrainedSweep, generated_images: list[Path], tmp_path: Path
+) -> None:
+    model_file, meta = exported(trained_sweep.checkpoint, tmp_path, "onnx")
+    assert model_file.name == "model.onnx" and meta["model_file"] == "model.onnx"
+    assert meta["class_names"] == sorted(p.parent.name for p in generated_images)
+
+    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(
+        [meta["output"]["name"]], {meta["input"]["name"]: consumer_inputs(generated_images, meta)}
+    )
+
+    expected = lightning_logits(trained_sweep.checkpoint, generated_images)
+    torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_torchscript_export_gives_the_lightning_modules_logits(
+    trained_sweep: TrainedSweep, generated_images: list[Path], tmp_path: Path
+) -> None:
+    model_file, meta = exported(trained_sweep.checkpoint, tmp_path, "torchscript")
+    scripted = torch.jit.load(str(model_file))
+    with torch.no_grad():
+        logits = scripted(torch.from_numpy(consumer_inputs(generated_images, meta)))
+    expected = lightning_logits(trained_sweep.checkpoint, generated_images)
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    assert logits.shape == (len(generated_images), len(meta["class_names"]))
+
+
+def test_export_names_the_supported_formats_for_an_unknown_one(
+    trained_sweep: TrainedSweep, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="format=tflite .*onnx, torchscript"):
+        exported(trained_sweep.checkpoint, tmp_path, "tflite")
+
+
+@pytest.mark.slow
+def test_export_command_writes_model_and_json_in_a_run_dir(
+    trained_sweep: TrainedSweep, tmp_path: Path
+) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "fruitres.export",
+        f"ckpt_path={trained_sweep.checkpoint}",
+        "format=onnx",
+    ]
+    env = {**os.environ, "FRUITRES_ROOT": str(tmp_path)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "export" / "runs").iterdir()
+    assert (run_dir / "model.onnx").stat().st_size > 1_000_000
+    assert json.loads((run_dir / "model.json").read_text())["format"] == "onnx"

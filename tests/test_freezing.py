@@ -1,0 +1,114 @@
+"""`model.frozen_stages`: what is frozen stays frozen — weights, BatchNorm statistics, optimizer, autograd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from omegaconf import DictConfig, open_dict
+
+from fruitres.models.backbone import STAGES
+from fruitres.models.classifier import FruitClassifier
+from fruitres.train import train
+
+# torchvision's ResNet-18 parameters per stage (stem, layer1..layer4) and of a 5-class head.
+RESNET18_STAGE_PARAMS = (9_536, 147_968, 525_568, 2_099_712, 8_393_728)
+HEAD_PARAMS_5_CLASSES = 512 * 5 + 5
+
+
+def stage_state(state: dict[str, torch.Tensor], stage: int) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer (BatchNorm running statistics included) of one stage."""
+    prefixes = tuple(f"net.{name}." for name in STAGES[stage])
+    return {key: value for key, value in state.items() if key.startswith(prefixes)}
+
+
+@pytest.mark.parametrize("frozen_stages", range(6))
+def test_trainable_parameter_count_matches_the_stage_arithmetic(frozen_stages: int) -> None:
+    model = FruitClassifier(num_classes=5, frozen_stages=frozen_stages)
+
+    frozen = sum(RESNET18_STAGE_PARAMS[:frozen_stages])
+    trainable = sum(RESNET18_STAGE_PARAMS[frozen_stages:]) + HEAD_PARAMS_5_CLASSES
+    assert model.parameter_counts() == {
+        "params/total": frozen + trainable,
+        "params/trainable": trainable,
+        "params/frozen": frozen,
+    }
+    optimizer = model.configure_optimizers()["optimizer"]
+    in_optimizer = [p for group in optimizer.param_groups for p in group["params"]]
+    assert sum(p.numel() for p in in_optimizer) == trainable
+    assert all(p.requires_grad for p in in_optimizer)
+
+
+def test_no_autograd_graph_is_built_through_the_frozen_prefix() -> None:
+    model = FruitClassifier(num_classes=5, frozen_stages=3).train()
+    builds_graph: dict[str, bool] = {}
+    for name in ("maxpool", "layer1", "layer2", "layer3", "layer4"):
+        getattr(model.net, name).register_forward_hook(
+            lambda module, inputs, output, name=name: builds_graph.__setitem__(name, output.requires_grad)
+        )
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+
+    assert builds_graph == {
+        "maxpool": False,
+        "layer1": False,
+        "layer2": False,
+        "layer3": True,
+        "layer4": True,
+    }
+    assert all(
+        p.grad is None
+        for name in ("conv1", "bn1", "layer1", "layer2")
+        for p in getattr(model.net, name).parameters()
+    )
+    assert all(p.grad is not None for p in model.net.layer3.parameters())
+
+
+def test_frozen_batchnorm_layers_stay_in_eval_mode_through_model_train() -> None:
+    model = FruitClassifier(num_classes=5, frozen_stages=2).train()
+    batchnorms = {
+        name: module.training
+        for name, module in model.net.named_modules()
+        if isinstance(module, torch.nn.BatchNorm2d)
+    }
+    assert not any(training for name, training in batchnorms.items() if name.startswith(("bn1", "layer1.")))
+    assert all(training for name, training in batchnorms.items() if name.startswith(("layer2.", "layer3.")))
+
+
+def test_frozen_weights_and_batchnorm_statistics_do_not_change_during_training(
+    train_config: DictConfig, tmp_path: Path
+) -> None:
+    pretrained = torchvision.models.resnet18()
+    for module in pretrained.modules():  # statistics unlike those of the data, so any update would show
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    weights_file = tmp_path / "pretrained.pth"
+    torch.save(pretrained.state_dict(), weights_file)
+    with open_dict(train_config):
+        train_config.model.weights_path = str(weights_file)
+        train_config.model.frozen_stages = 3
+        train_config.trainer.limit_train_batches = 2
+        train_config.trainer.limit_val_batches = 1
+        train_config.callbacks.model_checkpoint = None  # checkpoints/last.ckpt is enough
+        train_config.callbacks.figures = None
+        train_config.test = False
+    initial = FruitClassifier(num_classes=5, weights_path=str(weights_file)).state_dict()
+
+    train(train_config)
+
+    trained = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    trained = trained["state_dict"]
+    for stage in range(3):
+        before, after = stage_state(initial, stage), stage_state(trained, stage)
+        assert before.keys() == after.keys() and before
+        for key in before:
+            torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, msg=key)
+    assert not torch.equal(trained["net.layer3.0.conv1.weight"], initial["net.layer3.0.conv1.weight"])
+    assert not torch.equal(trained["net.layer3.0.bn1.running_mean"], initial["net.layer3.0.bn1.running_mean"])
+
+
+def test_frozen_stages_out_of_range_is_refused_naming_the_key() -> None:
+    with pytest.raises(ValueError, match=r"model.frozen_stages=6"):
+        FruitClassifier(num_classes=5, frozen_stages=6)

@@ -1,0 +1,105 @@
+"""The real TensorBoard server on a loopback port serves what the runs of a finished sweep logged."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from conftest import TrainedSweep
+
+PNG_MAGIC = b"\x89PNG"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def tensorboard_url(trained_sweep: TrainedSweep, tmp_path: Path) -> Iterator[str]:
+    """`tensorboard --logdir <sweep dir>` on 127.0.0.1, once it has read both runs; stopped after."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        f"--logdir={trained_sweep.sweep_dir}",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        "--reload_interval=1",
+    ]
+    with open(tmp_path / "tensorboard.log", "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        expected = [f"{run.name}/tensorboard" for run in trained_sweep.runs]
+        while not loaded(fetch_json(url, "/data/plugin/scalars/tags", missing={}), expected):
+            assert server.poll() is None, (tmp_path / "tensorboard.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "TensorBoard did not load the runs in 120 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def loaded(scalar_tags: dict, runs: list[str]) -> bool:
+    """Every run read up to its test metrics, logged last (TensorBoard loads runs in the background)."""
+    return all("test/acc" in scalar_tags.get(run, {}) for run in runs)
+
+
+def fetch(url: str, path: str, **query: str) -> bytes:
+    with urllib.request.urlopen(
+        f"{url}{path}{'?' + urlencode(query) if query else ''}", timeout=30
+    ) as response:
+        return response.read()
+
+
+def fetch_json(url: str, path: str, missing=None, **query: str):
+    try:
+        return json.loads(fetch(url, path, **query))
+    except (urllib.error.URLError, ConnectionError):
+        if missing is None:
+            raise
+        return missing
+
+
+def test_tensorboard_serves_each_runs_scalars_and_figures_over_http(
+    trained_sweep: TrainedSweep, tensorboard_url: str
+) -> None:
+    runs = fetch_json(tensorboard_url, "/data/runs")
+    assert sorted(runs) == [f"{run.name}/tensorboard" for run in trained_sweep.runs]
+
+    scalar_tags = fetch_json(tensorboard_url, "/data/plugin/scalars/tags")
+    image_tags = fetch_json(tensorboard_url, "/data/plugin/images/tags")
+    for run in runs:
+        assert {"train/loss_epoch", "val/acc", "val/acc_best", "test/acc", "hp/test_acc"} <= scalar_tags[
+            run
+        ].keys()
+        assert {
+            "train/inputs",
+            "val/confusion_matrix",
+            "test/confusion_matrix",
+            "test/predictions",
+        } <= image_tags[run].keys()
+
+    ((_, step, test_acc),) = fetch_json(
+        tensorboard_url, "/data/plugin/scalars/scalars", run=runs[0], tag="test/acc"
+    )
+    assert 0 <= test_acc <= 1 and step > 0
+    (image,) = fetch_json(
+        tensorboard_url, "/data/plugin/images/images", run=runs[0], tag="test/confusion_matrix"
+    )
+    png = fetch(tensorboard_url, f"/data/plugin/images/individualImage?{image['query']}")
+    assert png.startswith(PNG_MAGIC) and len(png) > 5_000
