@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format train sweep tensorboard clean bench bench-gpu
+.PHONY: help install test test-slow test-all lint format train sweep tensorboard clean bench bench-gpu \
+	eval predict export
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +52,15 @@ bench-gpu: ## on a GPU machine: placement, bf16 learning, throughput (compile on
 
 tensorboard: $(STAMP) ## serve TensorBoard on the runs under logs/
 	$(VENV)/bin/tensorboard --logdir logs
+
+eval: $(STAMP) ## test a checkpoint and write its report: ARGS="ckpt_path=<.ckpt> [data.data_dir=<dir>]"
+	$(PY) -m fruitres.eval $(ARGS)
+
+predict: $(STAMP) ## top-k classes of images: ARGS="ckpt_path=<.ckpt> inputs=<image|folder|glob>"
+	$(PY) -m fruitres.predict $(ARGS)
+
+export: $(STAMP) ## ONNX or TorchScript model + model.json: ARGS="ckpt_path=<.ckpt> format=onnx|torchscript"
+	$(PY) -m fruitres.export $(ARGS)
 
 clean: ## remove caches and build files (keeps logs/, data/ and .venv)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

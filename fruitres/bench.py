@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fruitres import precision  # noqa: F401  (registers ${fastest_precision:} for the configs)
 from fruitres.data.datamodule import Fruits360DataModule
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -55,7 +56,8 @@ class Timeline:
     """The time after each of `total` steps; throughput is over the steps after the `warmup` first ones.
 
     Timing starts at the end of the last warm-up step. The device's queue is drained only there and at
-    the end, so that the CPU may run ahead of the GPU as it does in a real run.
+    the end, so that the CPU may run ahead of the GPU as it does in a real run. The CPU time of this
+    process is kept too: images per CPU-second change little when other programs share the machine.
     """
 
     def __init__(self, warmup: int, total: int, device: torch.device) -> None:
@@ -65,6 +67,7 @@ class Timeline:
             )
         self.warmup, self.total, self.device = warmup, total, device
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
         self.images = 0
 
     def mark(self, size: int) -> None:
@@ -72,6 +75,7 @@ class Timeline:
         if step in (self.warmup - 1, self.total - 1):
             synchronize(self.device)
         self.times.append(time.perf_counter())
+        self.cpu_times.append(time.process_time())
         if step >= self.warmup:
             self.images += size
 
@@ -79,6 +83,10 @@ class Timeline:
         if len(self.times) != self.total:
             raise RuntimeError(f"only {len(self.times)} of {self.total} steps ran")
         return self.images / (self.times[-1] - self.times[self.warmup - 1])
+
+    def cpu_throughput(self) -> float:
+        """Images per CPU-second of this process (all its threads; not DataLoader workers)."""
+        return self.images / (self.cpu_times[-1] - self.cpu_times[self.warmup - 1])
 
 
 class StepTimer(Callback):
@@ -89,11 +97,11 @@ class StepTimer(Callback):
         self.fit_start = 0.0
         self.setup_seconds = 0.0
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.fit_start = time.perf_counter()
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.fit_start = time.perf_counter()  # before the model's own callbacks (the feature cache) set up
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.setup_seconds = time.perf_counter() - self.fit_start  # e.g. the linear probe's feature cache
+        self.setup_seconds = time.perf_counter() - self.fit_start
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.timeline.mark(len(batch[1]))
@@ -171,7 +179,7 @@ class TutorialLoop:
         net.fc = nn.Linear(net.fc.in_features, self.num_classes)
         return net.to(self.device)
 
-    def train(self, net: nn.Module, steps: int, warmup: int) -> float:
+    def train(self, net: nn.Module, steps: int, warmup: int) -> Timeline:
         criterion = nn.CrossEntropyLoss()
         optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
         timeline = Timeline(warmup, warmup + steps, self.device)
@@ -188,7 +196,7 @@ class TutorialLoop:
             running_loss += loss.item()
             correct += torch.sum(outputs.argmax(dim=1) == target).item()
             timeline.mark(len(target))
-        return timeline.throughput()
+        return timeline
 
     @torch.no_grad()
     def evaluate(self, net: nn.Module, steps: int, warmup: int) -> float:
@@ -277,8 +285,8 @@ class Project:
             **limits,
         )
 
-    def train(self, cfg: DictConfig, steps: int, warmup: int) -> tuple[float, float, L.LightningModule]:
-        """(training images/s, seconds from fit start to the first batch, the trained model)."""
+    def train(self, cfg: DictConfig, steps: int, warmup: int) -> tuple[Timeline, float, L.LightningModule]:
+        """(the steps' timeline, seconds from fit set-up to the first batch, the trained model)."""
         L.seed_everything(cfg.seed, verbose=False)  # the same initial weights in every repeat
         model = instantiate(
             cfg.model, num_classes=self.datamodule.num_classes, class_names=self.datamodule.class_names
@@ -286,7 +294,7 @@ class Project:
         timer = StepTimer(Timeline(warmup, warmup + steps, self.device))
         trainer = self.trainer(cfg, timer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0)
         trainer.fit(model, datamodule=self.datamodule)
-        return timer.timeline.throughput(), timer.setup_seconds, model
+        return timer.timeline, timer.setup_seconds, model
 
     def evaluate(self, cfg: DictConfig, model: L.LightningModule, steps: int, warmup: int) -> float:
         """Forward passes without gradients through `Trainer.validate`, over the training images (the
@@ -398,10 +406,12 @@ def measure(
     with peak_rss() as peak:
         if cfg is None:
             net = tutorial.new_net()
-            speed = tutorial.train(net, args.steps, args.warmup)
+            timeline = tutorial.train(net, args.steps, args.warmup)
         else:
-            speed, setup_seconds, model = project.train(cfg, args.steps, args.warmup)
+            timeline, setup_seconds, model = project.train(cfg, args.steps, args.warmup)
+    speed = timeline.throughput()
     results.add("train", label, "images_per_s", speed)
+    results.add("train", label, "images_per_cpu_s", timeline.cpu_throughput())
     results.add("train", label, "peak_rss_mib", peak["bytes"] / 2**20)
     if cfg is None:
         results.add("eval", label, "images_per_s", tutorial.evaluate(net, args.eval_steps, args.warmup))
@@ -479,28 +489,25 @@ def format_table(report: dict) -> str:
         f"project loader workers: {s['num_workers']}; training augmentation: {_on_off(s['augment'])}",
         f"each figure: median [min–max] of {s['repeats']} repeats of {s['timed_steps']} timed steps after "
         f"{s['warmup_steps']} warm-up steps; tutorial and project alternate within every repeat",
+        "× tutorial: ratio to the tutorial loop run beside it in the same repeat; img/CPU-s: images per "
+        "CPU-second of this process (steadier when other programs share the machine); RSS: peak MiB",
         "",
-        f"{'training':<58} {'images/s':>20} {'× tutorial':>20} {'peak RSS MiB':>13}",
+        f"{'training':<58} {'images/s':>18} {'× tutorial':>18} {'img/CPU-s':>10} {'RSS':>6}",
     ]
     for label, row in report["train"].items():
-        speed, ratio, memory = (
-            _spread(row["images_per_s"]),
-            _spread(row["x_tutorial"], 2),
-            row["peak_rss_mib"],
-        )
-        lines.append(f"{label:<58} {speed:>20} {ratio:>20} {memory['median']:>13.0f}")
-    lines += ["", f"{'evaluation (no gradients)':<58} {'images/s':>20}"]
-    lines += [f"{label:<58} {_spread(row['images_per_s']):>20}" for label, row in report["eval"].items()]
-    lines += ["", f"{'data loading only (no model)':<58} {'images/s':>20}"]
-    lines += [f"{label:<58} {_spread(row['images_per_s']):>20}" for label, row in report["data"].items()]
+        speed, ratio = _spread(row["images_per_s"]), _spread(row["x_tutorial"], 2)
+        per_cpu, memory = row["images_per_cpu_s"]["median"], row["peak_rss_mib"]["median"]
+        lines.append(f"{label:<58} {speed:>18} {ratio:>18} {per_cpu:>10.0f} {memory:>6.0f}")
+    for section, title in (("eval", "evaluation (no gradients)"), ("data", "data loading only (no model)")):
+        lines += ["", f"{title:<58} {'images/s':>18}"]
+        lines += [f"{label:<58} {_spread(row['images_per_s']):>18}" for label, row in report[section].items()]
     setups = {label: row["setup_s"] for label, row in report["train"].items() if "setup_s" in row}
     if any(stats["max"] > 1 for stats in setups.values()):
         lines += [
             "",
-            "fit set-up before the first step (seconds; a linear probe computes its cached features here "
-            "on the first run only):",
+            "seconds from fit set-up to the first step (a linear probe computes its features here, once):",
         ]
-        lines += [f"  {label:<56} {_spread(stats, 1):>20}" for label, stats in setups.items()]
+        lines += [f"{label:<58} {_spread(stats, 1):>18}" for label, stats in setups.items()]
     return "\n".join(lines)
 
 

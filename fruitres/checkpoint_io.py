@@ -41,10 +41,14 @@ def check_checkpoint_file(path: Path) -> None:
 
 def _corrupt_message(path: Path, reason: str) -> str:
     others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path)
-    choice = f"ckpt_path= one of {', '.join(others)} in {path.parent}" if others else "no ckpt_path"
+    fallback = (
+        f"continue from another checkpoint there ({', '.join(others)}) with ckpt_path=<that file>"
+        if others
+        else "start the run again"
+    )
     return (
-        f"checkpoint {path} is truncated or not a checkpoint ({reason}); it was cut off while being written "
-        f"or copied: resume with {choice}, or restore the file"
+        f"checkpoint {path} is truncated or not a checkpoint ({reason}): it was cut off while being written "
+        f"or copied; restore it, or {fallback}"
     )
 
 

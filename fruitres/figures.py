@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from io import BytesIO
 
 import matplotlib
 
@@ -17,6 +18,14 @@ from matplotlib.figure import Figure
 def denormalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Undo the input normalisation, as the tutorial's imshow does: back to [0, 1] RGB for display."""
     return (images.float() * std.to(images.device) + mean.to(images.device)).clamp(0, 1)
+
+
+def to_png(figure: Figure, dpi: int = 100) -> bytes:
+    """Render a figure to PNG bytes and release it; shows the same under any matplotlib backend."""
+    buffer = BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def labelled_grid(
@@ -43,7 +52,7 @@ def confusion_matrix_figure(matrix: torch.Tensor, class_names: Sequence[str], ti
     shares = counts.float() / counts.sum(dim=1, keepdim=True).clamp(min=1)
     num_classes = len(class_names)
     side = min(40.0, max(5.0, 0.22 * num_classes + 3))
-    fontsize = max(3.0, min(9.0, 260 / max(num_classes, 1)))
+    fontsize = min(9.0, 0.45 * 72 * side / max(num_classes, 1))  # about half a cell high, in points
     figure, axis = plt.subplots(figsize=(side + 1, side))
     image = axis.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axis, fraction=0.04, pad=0.02, label="share of the true class")

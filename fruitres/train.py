@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from fruitres import precision  # noqa: F401  (registers ${fastest_precision:} for the configs)
 from fruitres.config import instantiate_callbacks, instantiate_loggers, print_config_tree
 from fruitres.distributed import check_launch
 from fruitres.errors import one_line_errors

@@ -75,7 +75,7 @@ class TrainedSweep:
 
 @pytest.fixture(scope="session")
 def trained_sweep(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedSweep:
-    """A real `python -m fruitres.train -m` sweep on the tiny dataset (two learning rates, 3 epochs each),
+    """A real `python -m fruitres.train -m` sweep on the tiny dataset (two learning rates, 2 epochs each),
     trained once per session for the eval, predict, export, dashboard and notebook tests."""
     root = tmp_path_factory.mktemp("sweep-root")
     command = [
@@ -89,7 +89,7 @@ def trained_sweep(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
         "data.num_workers=0",
         "data.augment=null",
         "trainer.accelerator=cpu",
-        "trainer.max_epochs=3",
+        "trainer.max_epochs=2",
         "trainer.log_every_n_steps=1",
         "callbacks.progress_bar=null",
         "callbacks.model_summary=null",

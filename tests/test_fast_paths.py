@@ -68,9 +68,7 @@ def test_cached_features_give_the_same_logits_as_the_live_backbone(
     datamodule = make_datamodule(tiny_dataset, tmp_path)
     model = probe_model()
     images = datamodule.datasets["val"]
-    path = build_feature_cache(model, images, datamodule, cpu_trainer())
-    cached = ImagesWithFeatures(images)
-    cached.use(path)
+    cached = ImagesWithFeatures(images, build_feature_cache(model, images, datamodule, cpu_trainer()))
 
     pixels, labels, features = cached.__getitems__(list(range(len(images))))
 
@@ -130,6 +128,31 @@ def test_linear_probe_trains_on_cached_features_as_it_would_on_the_live_backbone
     assert len(list(cache_dir.glob("features-*.npy"))) == 1
     for metric in ("train/loss_epoch", "val/loss", "test/loss"):  # test runs the live backbone on images
         assert cached[metric] == pytest.approx(live[metric], rel=1e-3), metric
+
+
+class BatchItems(Callback):
+    """Records how many items each training batch had (3 = images, labels, cached features)."""
+
+    def __init__(self) -> None:
+        self.counts: set[int] = set()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
+        self.counts.add(len(batch))
+
+
+def test_cached_features_reach_loader_workers_started_before_fitting(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    # A scheduler asks for the number of steps, which makes Lightning iterate the train loader (starting
+    # its persistent worker) while the optimizers are set up, before `on_fit_start`.
+    datamodule = make_datamodule(tiny_dataset, tmp_path, num_workers=1, persistent_workers=True)
+    model = probe_model(scheduler={"_target_": "fruitres.models.schedules.one_cycle", "pct_start": 0.25})
+    items = BatchItems()
+    trainer = cpu_trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=1, callbacks=[items])
+    trainer.fit(model.train(), datamodule=datamodule)
+    assert items.counts == {3}
 
 
 class UnfreezeLayer4(Callback):

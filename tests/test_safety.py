@@ -93,8 +93,7 @@ def test_nan_loss_in_a_real_run_is_one_line_and_exit_status_1(tiny_dataset: Path
     args = [
         *TINY_CLI,
         f"data.data_dir={tiny_dataset}",
-        *(f"+trainer.{key}={value}" for key, value in SHORT.items() if key != "max_epochs"),
-        "trainer.max_epochs=3",
+        *(f"trainer.{key}={value}" for key, value in SHORT.items()),
         "+callbacks.poison={_target_:faults.PoisonWeightsAt,epoch:1}",
     ]
     status, output = run_train(args, tmp_path)
@@ -111,8 +110,8 @@ def test_ctrl_c_in_a_real_run_saves_exits_cleanly_and_resumes_from_there(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
     epochs = 4
-    args = [*TINY_CLI, f"data.data_dir={tiny_dataset}", f"trainer.max_epochs={epochs}"]
-    args += [f"+trainer.{key}={value}" for key, value in SHORT.items() if key != "max_epochs"]
+    args = [*TINY_CLI, f"data.data_dir={tiny_dataset}"]
+    args += [f"trainer.{key}={value}" for key, value in SHORT.items()] + [f"trainer.max_epochs={epochs}"]
     process = start_train(args, tmp_path)
     runs = tmp_path / "logs" / "train" / "runs"
     while not list(runs.glob("*/checkpoints/last.ckpt")) and process.poll() is None:

@@ -156,7 +156,7 @@ class RunFigures(Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
     ) -> None:
-        if self._inputs_logged or not _tensorboards(trainer):
+        if self._inputs_logged or not trainer.is_global_zero or not _tensorboards(trainer):
             return
         self._inputs_logged = True
         images, labels = batch[0][: self.max_images], batch[1][: self.max_images].tolist()

@@ -130,7 +130,10 @@ class FruitClassifier(LightningModule):
         logits = self.net.fc(cached_features[0]) if cached_features else self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
-        metrics.update(logits.detach(), labels)
+        if stage == "train":
+            metrics(logits.detach(), labels)  # forward(): updates and keeps the batch value for the step log
+        else:
+            metrics.update(logits.detach(), labels)
         on_step = stage == "train"
         mean_loss: MeanMetric = getattr(self, f"{stage}_loss")
         mean_loss(loss.detach(), len(labels))

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 FEATURE_FORMAT = 1
 EXTRACT_BATCH_SIZE = 256
 FIT_SPLITS = ("train", "val")
+FLOAT32_WEIGHTS = ("32-true", "32", "bf16-mixed", "16-mixed")  # the precisions whose weights stay float32
 
 
 def backbone_fingerprint(net: torch.nn.Module) -> str:
@@ -73,12 +74,19 @@ def extract_features(
     return torch.cat(chunks).numpy()
 
 
+def features_file(
+    model: L.LightningModule, images: CachedImages, datamodule: L.LightningDataModule, trainer: L.Trainer
+) -> Path:
+    """Where the features of `images` for this model, normalisation and precision are (or go)."""
+    normalisation = f"{datamodule.mean.flatten().tolist()}{datamodule.std.flatten().tolist()}"
+    return feature_cache_path(images, model, normalisation, str(trainer.precision))
+
+
 def build_feature_cache(
     model: L.LightningModule, images: CachedImages, datamodule: L.LightningDataModule, trainer: L.Trainer
 ) -> Path:
     """Return the features file of `images` for this model (computed if missing, once across DDP ranks)."""
-    normalisation = f"{datamodule.mean.flatten().tolist()}{datamodule.std.flatten().tolist()}"
-    path = feature_cache_path(images, model, normalisation, str(trainer.precision))
+    path = features_file(model, images, datamodule, trainer)
     if trainer.is_global_zero and not path.exists():
         log.info("Computing the frozen backbone's features once into %s", path)
         features = extract_features(model, images, datamodule, trainer)
@@ -93,16 +101,13 @@ def build_feature_cache(
 class ImagesWithFeatures(Dataset):
     """The batches of a `CachedImages` with the cached features of the same rows as a third item."""
 
-    def __init__(self, images: CachedImages) -> None:
+    def __init__(self, images: CachedImages, features_path: Path) -> None:
         self.images = images
-        self.features_path: Path | None = None  # set once the features are computed
+        self.features_path = features_path
         self._features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
-
-    def use(self, features_path: Path) -> None:
-        self.features_path, self._features = features_path, None
 
     def features(self) -> np.ndarray:
         if self._features is None:
@@ -124,11 +129,12 @@ class ImagesWithFeatures(Dataset):
 class LinearProbeFeatureCache(Callback):
     """Feeds the fit's train and val batches the backbone features computed once, when that is exact.
 
-    It applies when every stage is frozen when fitting is set up and the datamodule augments nothing;
-    otherwise the features are computed live each step, as usual. The datasets are wrapped in `setup`,
-    before any loader exists; the features are computed in `on_fit_start`, once the model is on its
-    device with its weights restored. A callback that unfreezes the backbone during such a fit is
-    stopped with an error, since the cached features would then be stale.
+    It applies when every stage is frozen as fitting is set up, the datamodule augments nothing and the
+    weights stay in float32 (32-true or a mixed precision); otherwise the features are computed live each
+    step, as usual. Everything happens in `setup`, before Lightning builds (and may start the workers
+    of) any loader; `on_fit_start` checks that a restored checkpoint did not change the backbone. A
+    callback that unfreezes the backbone during such a fit is stopped with an error, since the cached
+    features would then be stale.
     """
 
     def __init__(self) -> None:
@@ -146,18 +152,25 @@ class LinearProbeFeatureCache(Callback):
             )
             return
         datasets = getattr(datamodule, "datasets", {})
-        if all(isinstance(datasets.get(split), CachedImages) for split in FIT_SPLITS):
-            self.originals = {split: datasets[split] for split in FIT_SPLITS}
-            self.wrapped = {split: ImagesWithFeatures(images) for split, images in self.originals.items()}
-            datasets.update(self.wrapped)
+        cacheable = all(isinstance(datasets.get(split), CachedImages) for split in FIT_SPLITS)
+        if not cacheable or str(trainer.precision) not in FLOAT32_WEIGHTS:
+            return
+        pl_module.to(trainer.strategy.root_device)  # where Lightning is about to move it anyway
+        self.originals = {split: datasets[split] for split in FIT_SPLITS}
+        paths: dict[Path, Path] = {}
+        for split, images in self.originals.items():
+            if images.array_path not in paths:
+                paths[images.array_path] = build_feature_cache(pl_module, images, datamodule, trainer)
+            self.wrapped[split] = ImagesWithFeatures(images, paths[images.array_path])
+        datasets.update(self.wrapped)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        paths: dict[Path, Path] = {}
         for dataset in self.wrapped.values():
-            images = dataset.images
-            if images.array_path not in paths:
-                paths[images.array_path] = build_feature_cache(pl_module, images, trainer.datamodule, trainer)
-            dataset.use(paths[images.array_path])
+            if features_file(pl_module, dataset.images, trainer.datamodule, trainer) != dataset.features_path:
+                raise RuntimeError(
+                    "The checkpoint being resumed holds another backbone than the one whose features were "
+                    "cached for this linear probe; set model.cache_features=false to resume it"
+                )
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
