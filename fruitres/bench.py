@@ -30,7 +30,7 @@ import torchvision
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
@@ -43,7 +43,8 @@ VARIANTS = {"full": 0, "frozen3": 3, "probe": 5}  # --variants name → model.fr
 TUTORIAL = "tutorial loop (ImageFolder + ToTensor, fp32, NCHW)"
 TUTORIAL_DATA = "tutorial: ImageFolder + ToTensor (decodes every JPEG)"
 PROJECT_DATA = "project: uint8 batches from the image cache"
-PROJECT_PREPARED = "project: + to device, normalise{augment}"
+PROJECT_PREPARED = "project: + to device, normalise"
+PROJECT_AUGMENTED = "project: + to device, augment (the config's), normalise"
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -225,6 +226,7 @@ class ProjectConfig:
     precision: str | None = None
     channels_last: bool | None = None
     compile: bool | None = None
+    augment: bool = False
 
     def overrides(self) -> list[str]:
         chosen = {
@@ -233,14 +235,15 @@ class ProjectConfig:
             "model.channels_last": self.channels_last,
             "model.compile": self.compile,
         }
-        return [f"{key}={value}" for key, value in chosen.items() if value is not None]
+        overrides = [f"{key}={value}" for key, value in chosen.items() if value is not None]
+        return overrides if self.augment else [*overrides, "data.augment=null"]
 
 
 def describe(variant: str, cfg: DictConfig) -> str:
     """A row label naming what the configuration actually ran with."""
-    layout = "channels-last" if cfg.model.channels_last else "NCHW"
-    compiled = ", compiled" if cfg.model.compile else ""
-    return f"project {variant} ({cfg.trainer.precision}, {layout}{compiled})"
+    settings = [cfg.trainer.precision, "channels-last" if cfg.model.channels_last else "NCHW"]
+    settings += ["compiled"] * bool(cfg.model.compile) + ["augment"] * bool(cfg.data.augment)
+    return f"project {variant} ({', '.join(settings)})"
 
 
 class Project:
@@ -249,11 +252,8 @@ class Project:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.run_dir = tempfile.mkdtemp(prefix="fruitres-bench-")
-        self.cfg = self.compose([])
-        self.device = _device_of(self.cfg)
-        self.datamodule: Fruits360DataModule = instantiate(self.cfg.data)
-        self.datamodule.prepare_data()
-        self.datamodule.setup("fit")
+        self.device = _device_of(self.compose([]))
+        self.datamodules: dict[str, Fruits360DataModule] = {}
 
     def compose(self, overrides: list[str]) -> DictConfig:
         """The training config of `--experiment` with the benchmark's settings, then `overrides`."""
@@ -267,10 +267,19 @@ class Project:
             *([f"data.data_dir={args.data_dir}"] if args.data_dir else []),
             *([f"data.num_workers={args.num_workers}"] if args.num_workers is not None else []),
             *([f"trainer.accelerator={args.accelerator}"] if args.accelerator else []),
-            *([] if args.augment else ["data.augment=null"]),
         ]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name="train", overrides=[*settings, *args.overrides, *overrides])
+
+    def datamodule(self, cfg: DictConfig) -> Fruits360DataModule:
+        """The set-up data module of `cfg.data`, one per distinct data config (with/without augmentation)."""
+        key = OmegaConf.to_yaml(cfg.data)
+        if key not in self.datamodules:
+            datamodule = instantiate(cfg.data)
+            datamodule.prepare_data()
+            datamodule.setup("fit")
+            self.datamodules[key] = datamodule
+        return self.datamodules[key]
 
     def trainer(self, cfg: DictConfig, timer: StepTimer, **limits) -> L.Trainer:
         return instantiate(
@@ -287,33 +296,33 @@ class Project:
 
     def train(self, cfg: DictConfig, steps: int, warmup: int) -> tuple[Timeline, float, L.LightningModule]:
         """(the steps' timeline, seconds from fit set-up to the first batch, the trained model)."""
+        datamodule = self.datamodule(cfg)
         L.seed_everything(cfg.seed, verbose=False)  # the same initial weights in every repeat
-        model = instantiate(
-            cfg.model, num_classes=self.datamodule.num_classes, class_names=self.datamodule.class_names
-        )
+        model = instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names)
         timer = StepTimer(Timeline(warmup, warmup + steps, self.device))
         trainer = self.trainer(cfg, timer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0)
-        trainer.fit(model, datamodule=self.datamodule)
+        trainer.fit(model, datamodule=datamodule)
         return timer.timeline, timer.setup_seconds, model
 
     def evaluate(self, cfg: DictConfig, model: L.LightningModule, steps: int, warmup: int) -> float:
         """Forward passes without gradients through `Trainer.validate`, over the training images (the
         largest split, so that the embedded data has enough batches)."""
-        datasets = self.datamodule.datasets
+        datamodule = self.datamodule(cfg)
+        datasets = datamodule.datasets
         validation = datasets["val"]
         datasets["val"] = datasets["train"]
         try:
-            steps = min(steps, len(self.datamodule.val_dataloader()) - warmup)
+            steps = min(steps, len(datamodule.val_dataloader()) - warmup)
             timer = StepTimer(Timeline(warmup, warmup + steps, self.device))
             trainer = self.trainer(cfg, timer, limit_val_batches=warmup + steps)
-            trainer.validate(model, datamodule=self.datamodule, verbose=False)
+            trainer.validate(model, datamodule=datamodule, verbose=False)
         finally:
             datasets["val"] = validation
         return timer.timeline.throughput()
 
-    def data_throughput(self, steps: int, warmup: int, prepare: bool) -> float:
-        """The training loader alone, or with the transfer, normalisation and augmentation of a fit."""
-        datamodule = self.datamodule
+    def data_throughput(self, steps: int, warmup: int, prepare: bool, augment: bool = False) -> float:
+        """The training loader alone, or with the transfer, normalisation (and augmentation) of a fit."""
+        datamodule = self.datamodule(self.compose([] if augment else ["data.augment=null"]))
         loader = datamodule.train_dataloader()
         if not prepare:
             return loader_throughput(loader, steps, warmup, torch.device("cpu"))
@@ -359,11 +368,9 @@ class Results:
 
 
 def project_configs(args: argparse.Namespace) -> list[ProjectConfig]:
-    """Every combination of the listed variants, precisions, layouts and compile settings."""
-    return [
-        ProjectConfig(*combination)
-        for combination in product(args.variants, args.precision, args.channels_last, args.compile)
-    ]
+    """Every combination of the listed variants, precisions, layouts, compile and augment settings."""
+    combinations = product(args.variants, args.precision, args.channels_last, args.compile, args.augment)
+    return [ProjectConfig(*combination) for combination in combinations]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -374,7 +381,7 @@ def run(args: argparse.Namespace) -> dict:
     for config in project_configs(args):
         cfg = project.compose(config.overrides())
         jobs.append((describe(config.variant, cfg), cfg))
-    datamodule = project.datamodule
+    datamodule = project.datamodule(jobs[1][1])
     tutorial = TutorialLoop(
         datamodule.root, args.image_size, args.batch_size, datamodule.num_classes, project.device
     )
@@ -388,10 +395,7 @@ def run(args: argparse.Namespace) -> dict:
         for label, speed in speeds.items():
             results.add("train", label, "x_tutorial", speed / speeds[TUTORIAL])
         measure_data(project, tutorial, results, args)
-    return {
-        "settings": settings(args, project),
-        **results.summary(),
-    }
+    return {"settings": settings(args, datamodule, project.device), **results.summary()}
 
 
 def _alternate(jobs: list, repeat: int) -> list:
@@ -422,25 +426,20 @@ def measure(
 
 
 def measure_data(project: Project, tutorial: TutorialLoop, results: Results, args) -> None:
-    """Data loading alone (no model): the tutorial's loader, then the project's with and without prep."""
+    """Data loading alone (no model): the tutorial's loader, then the project's, bare and prepared."""
     warmup, steps = args.warmup, args.data_steps
-    results.add(
-        "data",
-        TUTORIAL_DATA,
-        "images_per_s",
-        loader_throughput(tutorial.loader, steps, warmup, project.device),
-    )
-    results.add(
-        "data", PROJECT_DATA, "images_per_s", project.data_throughput(steps * 4, warmup, prepare=False)
-    )
-    label = PROJECT_PREPARED.format(augment=", augment" if args.augment else "")
-    results.add("data", label, "images_per_s", project.data_throughput(steps * 4, warmup, prepare=True))
+    speeds = {
+        TUTORIAL_DATA: loader_throughput(tutorial.loader, steps, warmup, project.device),
+        PROJECT_DATA: project.data_throughput(steps * 4, warmup, prepare=False),
+        PROJECT_PREPARED: project.data_throughput(steps * 4, warmup, prepare=True),
+        PROJECT_AUGMENTED: project.data_throughput(steps * 4, warmup, prepare=True, augment=True),
+    }
+    for label, speed in speeds.items():
+        results.add("data", label, "images_per_s", speed)
 
 
-def settings(args: argparse.Namespace, project: Project) -> dict:
+def settings(args: argparse.Namespace, datamodule: Fruits360DataModule, device: torch.device) -> dict:
     """What was measured, and on what."""
-    datamodule = project.datamodule
-    device = project.device
     return {
         "command": "python -m fruitres.bench " + " ".join(args.argv),
         "machine": _machine_name(device),
@@ -475,10 +474,6 @@ def _spread(stats: dict, digits: int = 0) -> str:
     return f"{stats['median']:.{digits}f} [{stats['min']:.{digits}f}–{stats['max']:.{digits}f}]"
 
 
-def _on_off(flag: bool) -> str:
-    return "on" if flag else "off"
-
-
 def format_table(report: dict) -> str:
     """The report as text: settings, then training, evaluation and data-loading rows."""
     s = report["settings"]
@@ -486,7 +481,7 @@ def format_table(report: dict) -> str:
         f"fruitres benchmark: ResNet-18 on {s['data_dir']} ({s['train_images']} training images, "
         f"{s['num_classes']} classes), {s['image_size']}×{s['image_size']}, batch {s['batch_size']}",
         f"machine: {s['machine']}, device {s['device']}, {s['threads']} threads, torch {s['torch']}; "
-        f"project loader workers: {s['num_workers']}; training augmentation: {_on_off(s['augment'])}",
+        f"project loader workers: {s['num_workers']}",
         f"each figure: median [min–max] of {s['repeats']} repeats of {s['timed_steps']} timed steps after "
         f"{s['warmup_steps']} warm-up steps; tutorial and project alternate within every repeat",
         "× tutorial: ratio to the tutorial loop run beside it in the same repeat; img/CPU-s: images per "
@@ -559,8 +554,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--augment",
-        action="store_true",
-        help="keep the config's training augmentation (off by default: the tutorial does none)",
+        type=_choices(_boolean),
+        default=[False],
+        help="the config's training augmentation: false (default: the tutorial does none), true or both",
     )
     parser.add_argument("--accelerator", help="cpu or gpu (default: the config's, a GPU when there is one)")
     parser.add_argument("--image-size", type=int, default=100)
@@ -578,14 +574,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def quiet() -> None:
+    """Keep Lightning's notices (GPU available, tips, warnings about short runs) out of the table."""
+    warnings.filterwarnings("ignore", module="lightning")
+    for name in ("lightning.pytorch", "lightning.fabric", "fruitres"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> None:
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    warnings.filterwarnings("ignore", module="lightning")
-    for name in ("lightning.pytorch", "lightning.fabric", "fruitres"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet()
     report = run(args)
     print()
     print(format_table(report))

@@ -140,17 +140,20 @@ def benchmark(*arguments: str) -> dict:
 
 
 def loader_sweep() -> dict:
-    """Data-loading throughput (to the GPU, normalised, augmented) and full bf16 training by workers."""
+    """Data-loading throughput (bare; to the GPU and normalised; also augmented) and full bf16 training
+    throughput, by number of loader workers: the evidence for data.num_workers on a GPU machine."""
     rows = {}
     for workers in (0, 1, 2, 4, 8):
-        args = bench.parse_args(
-            ["--data-dir", str(DATA), *TIMING, "--num-workers", str(workers), "--augment"]
+        project = bench.Project(
+            bench.parse_args(["--data-dir", str(DATA), *TIMING, "--num-workers", str(workers)])
         )
-        project = bench.Project(args)
         rows[workers] = {
             "loader_images_per_s": project.data_throughput(60, 5, prepare=False),
             "prepared_images_per_s": project.data_throughput(60, 5, prepare=True),
-            "train_full_images_per_s": project.train(project.compose(["model.frozen_stages=0"]), 30, 10)[0],
+            "augmented_images_per_s": project.data_throughput(60, 5, prepare=True, augment=True),
+            "train_full_images_per_s": project.train(project.compose(["data.augment=null"]), 30, 10)[
+                0
+            ].throughput(),
         }
         print(f"num_workers={workers}: {rows[workers]}", flush=True)
     return rows
@@ -179,7 +182,7 @@ def summary(report: dict) -> str:
         if isinstance(result, dict) and "ok" in result:
             details = {k: v for k, v in result.items() if k != "ok"}
             lines.append(f"  {'PASS' if result['ok'] else 'FAIL'}  {name}: {details}")
-    for name in ("throughput", "ablation", "compile"):
+    for name in ("throughput", "augment", "ablation", "compile"):
         if isinstance(report.get(name), dict) and "train" in report[name]:
             for label, row in report[name]["train"].items():
                 speed, ratio = row["images_per_s"]["median"], row["x_tutorial"]["median"]
@@ -196,6 +199,7 @@ def steps() -> list[tuple[str, Callable[[], dict]]]:
         ("probe", check_probe),
         ("throughput", lambda: benchmark("--variants", "full,frozen3,probe", "--repeats", "3")),
         ("loader", loader_sweep),
+        ("augment", lambda: benchmark("--variants", "full", "--augment", "false,true", "--repeats", "2")),
         (
             "ablation",
             lambda: benchmark(
@@ -230,6 +234,7 @@ def steps() -> list[tuple[str, Callable[[], dict]]]:
 def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device is visible to torch; run this on the GPU machine")
+    bench.quiet()
     start = time.perf_counter()
     write_synthetic_fruits(
         DATA, num_classes=NUM_CLASSES, train_per_class=150, test_per_class=40, image_size=100

@@ -65,4 +65,5 @@ class PoisonWeightsAt(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             with torch.no_grad():
-                next(pl_module.parameters()).view(-1)[0] = float("nan")
+                weight = next(pl_module.parameters())
+                weight[(0,) * weight.dim()] = float("nan")

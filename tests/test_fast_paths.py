@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import torchvision
 from lightning.pytorch import Callback
 from omegaconf import DictConfig, open_dict
 
@@ -60,6 +61,20 @@ def test_batched_cache_reads_return_the_decoded_images_and_labels(
         assert np.array_equal(images[position].permute(1, 2, 0).numpy(), decode_image(path, 32))
         assert labels[position] == label
         assert torch.equal(images[position], dataset[position][0])
+
+
+def test_cached_batches_hold_the_pixels_and_labels_the_tutorial_loader_reads(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    datamodule = make_datamodule(tiny_dataset, tmp_path, batch_size=16)
+    tutorial = torchvision.datasets.ImageFolder(
+        str(tiny_dataset / "Test"), transform=torchvision.transforms.ToTensor()
+    )
+    images, labels = next(iter(datamodule.test_dataloader()))  # Test/ is neither split nor shuffled
+    for position in range(16):
+        pixels, label = tutorial[position]
+        torch.testing.assert_close(images[position].float() / 255, pixels, rtol=0, atol=1e-6)
+        assert labels[position] == label
 
 
 def test_cached_features_give_the_same_logits_as_the_live_backbone(
