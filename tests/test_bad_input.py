@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from cli import TINY_CLI, run_train
 from conftest import TINY_IMAGE_SIZE, compose_config, tiny_train_overrides
-from hydra.errors import MissingConfigException
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import open_dict
 from PIL import Image
 
+from fruitres.data.folders import DatasetLayoutError
 from fruitres.train import train
 from fruitres.validation import ConfigError, validate_config
 
@@ -136,6 +137,11 @@ def test_every_shipped_experiment_passes_validation(experiment: str) -> None:
     validate_config(compose_config("train", [f"experiment={experiment}"]))
 
 
+def test_unknown_key_is_refused_by_hydra_with_a_hint() -> None:
+    with pytest.raises(ConfigCompositionException, match=r"Could not override 'data.bogus'"):
+        compose_config("train", ["data.bogus=1"])
+
+
 def test_unknown_model_name_lists_the_choices() -> None:
     with pytest.raises(MissingConfigException, match=r"Could not find 'model/resnet99'") as error:
         compose_config("train", ["model=resnet99"])
@@ -156,17 +162,32 @@ def empty_class(data: Path) -> None:
     (data / "Training" / "Plum Empty").mkdir()
 
 
+def only_test(data: Path) -> None:
+    shutil.rmtree(data / "Training")
+
+
 def unknown_test_class(data: Path) -> None:
     (data / "Test" / "Kiwi Golden").mkdir()
     Image.new("RGB", (32, 32), "green").save(data / "Test" / "Kiwi Golden" / "0.jpg")
 
 
-def only_test(data: Path) -> None:
-    shutil.rmtree(data / "Training")
-
-
 def corrupt_image(data: Path) -> None:
     (first_class(data / "Training") / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+
+
+@pytest.mark.parametrize(
+    ("plant", "message"),
+    [
+        (only_test, r"fruits has no Training/ folder; pass the folder that holds Training/"),
+        (unknown_test_class, r"Test has classes that Training/ lacks: Kiwi Golden; add them to Training/"),
+    ],
+)
+def test_data_layout_problem_stops_the_run_at_its_start_naming_the_path(
+    plant, message: str, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    data = planted(tiny_dataset, tmp_path, plant)
+    with pytest.raises(DatasetLayoutError, match=message):
+        train(compose_config("train", tiny_train_overrides(data, tmp_path)))
 
 
 # case: (overrides, plant into a copy of the tiny dataset or None, text the one error line holds)
@@ -177,15 +198,12 @@ CLI_CASES = {
         "model.frozen_stages=9 is not allowed; use an integer 0..5",
     ),
     "unknown_experiment": (["experiment=nope"], None, "Could not find 'experiment/nope'"),
-    "unknown_key": (["data.bogus=1"], None, "Could not override 'data.bogus'"),
     "missing_data_dir": (
         ["data.data_dir={root}/nowhere"],
         None,
         "nowhere has no Training/ folder; pass the folder",
     ),
-    "missing_training": ([], only_test, "has no Training/ folder; pass the folder that holds Training/"),
     "empty_class": ([], empty_class, "Plum Empty holds no images; add images or delete the empty folder"),
-    "unknown_test_class": ([], unknown_test_class, "has classes that Training/ lacks: Kiwi Golden; add them"),
     "corrupt_image_error": (
         ["data.on_bad_image=error"],
         corrupt_image,
