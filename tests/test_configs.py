@@ -8,10 +8,10 @@ import lightning as L
 import pytest
 import torch
 import torchvision
+from conftest import CONF_DIR, compose_config, tiny_train_overrides
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, compose_config, tiny_train_overrides
 from fruitres.config import instantiate_callbacks, instantiate_loggers
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -60,7 +60,11 @@ def test_debug_modes_compose(debug: str, tiny_dataset: Path, tmp_path: Path) -> 
         ("trainer=cpu", "trainer.accelerator", "cpu"),
         ("logger=csv", "logger.csv._target_", "lightning.pytorch.loggers.CSVLogger"),
         ("model/optimizer=sgd", "model.optimizer._target_", "torch.optim.SGD"),
-        ("model/scheduler=cosine", "model.scheduler._target_", "fruitres.models.schedules.cosine_with_warmup"),
+        (
+            "model/scheduler=cosine",
+            "model.scheduler._target_",
+            "fruitres.models.schedules.cosine_with_warmup",
+        ),
     ],
 )
 def test_config_groups_swap_on_the_command_line(

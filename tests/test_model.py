@@ -11,6 +11,7 @@ import torchvision
 
 from fruitres.models.backbone import WeightsUnavailableError, build_resnet
 from fruitres.models.classifier import FruitClassifier
+from fruitres.models.schedules import cosine_with_warmup, one_cycle
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
@@ -80,3 +81,30 @@ def test_backbone_learning_rate_is_a_fraction_of_the_head_rate() -> None:
     assert lrs == {"head": 0.5, "backbone": pytest.approx(0.05)}
     in_optimizer = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     assert in_optimizer == model.parameter_counts()["params/total"]
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 4, 50])
+def test_one_cycle_schedule_survives_runs_of_any_length(total_steps: int) -> None:
+    parameter = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    scheduler = one_cycle(optimizer, total_steps)
+    rates = []
+    for _ in range(total_steps):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert max(rates) <= 0.1 + 1e-12
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor() -> None:
+    parameter = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    scheduler = cosine_with_warmup(optimizer, total_steps=100, warmup_fraction=0.1, min_lr_ratio=0.01)
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(99):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[0] == pytest.approx(0.1)
+    assert max(rates) == pytest.approx(1.0) and rates.index(max(rates)) == 9
+    assert rates[-1] == pytest.approx(0.01, abs=1e-3)

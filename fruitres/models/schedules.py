@@ -26,4 +26,8 @@ def cosine_with_warmup(
 def one_cycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.25) -> LRScheduler:
     """torch's one-cycle policy peaking at each parameter group's own learning rate."""
     max_lr = [group["lr"] for group in optimizer.param_groups]
-    return OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(2, int(total_steps)), pct_start=pct_start)
+    # torch divides by the warm-up's length in steps; very short runs (debug, tests) need at least one
+    shortest = math.floor(1 / pct_start) + 2
+    return OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=max(shortest, int(total_steps)), pct_start=pct_start
+    )
