@@ -47,7 +47,7 @@ sweep: $(STAMP) ## demo sweep, lr x frozen_stages on the embedded data: 4 jobs, 
 bench: $(STAMP) ## project vs the tutorial's loop, images/s (embedded data); ARGS="--data-dir DIR --json FILE"
 	$(PY) -m fruitres.bench $(ARGS)
 
-bench-gpu: ## on a GPU machine: placement, bf16 learning, throughput (compile on/off); JSON in $$OUT
+bench-gpu: ## on a GPU machine: placement, bf16 learning, throughput (compile on/off), JSON under OUT (or /tmp)
 	bash scripts/gpu_check.sh
 
 tensorboard: $(STAMP) ## serve TensorBoard on the runs under logs/

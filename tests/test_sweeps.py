@@ -188,9 +188,8 @@ def test_failing_single_run_exits_nonzero_and_records_its_error(tiny_dataset: Pa
 
 @pytest.mark.slow
 def test_optuna_search_runs_its_trials_and_writes_the_table(tiny_dataset: Path, tmp_path: Path) -> None:
-    result = launch(
-        tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2", *tiny_job_overrides(tiny_dataset)
-    )
+    fixed = [o for o in tiny_job_overrides(tiny_dataset) if not o.startswith("data.batch_size=")]  # searched
+    result = launch(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2", *fixed)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_dir = only_sweep_dir(tmp_path)
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
