@@ -38,4 +38,4 @@ fi
 
 nvidia-smi -L || true
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
-timeout --signal=INT --kill-after=20 "${GPU_CHECK_TIMEOUT:-450}" "$PY" scripts/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log"
+timeout --signal=INT --kill-after=20 "${GPU_CHECK_TIMEOUT:-420}" "$PY" scripts/gpu_check.py 2>&1 | tee "$OUT/gpu_check.log"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fruitres.bench import TUTORIAL
+from fruitres.bench import PROJECT_AUGMENTED, PROJECT_DATA, PROJECT_PREPARED, TUTORIAL, TUTORIAL_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def test_benchmark_prints_the_table_and_writes_json_for_each_variant(
         assert {"x_tutorial", "images_per_cpu_s", "peak_rss_mib"} <= row.keys()
         assert len(report["eval"][label]["images_per_s"]["values"]) == 2
     assert report["train"][TUTORIAL]["x_tutorial"]["values"] == [1.0, 1.0]
-    assert len(report["data"]) == 3
+    assert list(report["data"]) == [TUTORIAL_DATA, PROJECT_DATA, PROJECT_PREPARED, PROJECT_AUGMENTED]
     assert report["settings"]["train_images"] == 5 * 36 and report["settings"]["batch_size"] == 16
     assert (tmp_path / "data" / "cache").is_dir()  # caches under FRUITRES_ROOT, not in the data folder
 
