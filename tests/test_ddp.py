@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fruitres import precision  # noqa: F401  (registers ${fastest_precision:} for the configs)
 from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.data.synthetic import write_synthetic_fruits
 from fruitres.distributed import check_launch
@@ -121,8 +122,13 @@ def single_process_metrics(run: DdpRun, checkpoint: Path, stage: str) -> dict[st
     cfg: DictConfig = compose_config("train", [*run.data_overrides, f"paths.root_dir={run.root}"])
     datamodule: Fruits360DataModule = instantiate(cfg.data)
     model = FruitClassifier.load_from_checkpoint(checkpoint, weights_only=True)
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    trainer = L.Trainer(  # the run's own precision: bf16 and float32 logits may rank near-ties differently
+        accelerator="cpu",
+        devices=1,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     evaluate = trainer.test if stage == "test" else trainer.validate
     (metrics,) = evaluate(model, datamodule=datamodule, verbose=False)
