@@ -45,7 +45,7 @@ sweep: $(STAMP) ## demo sweep, lr x frozen_stages on the embedded data: 4 jobs, 
 		data.image_size=64 trainer.max_epochs=3 $(ARGS)
 
 bench: $(STAMP) ## project vs the tutorial's loop, images/s (embedded data); ARGS="--data-dir DIR --json FILE"
-	$(PY) -m fruitres.bench $(ARGS)
+	$(PY) benchmarks/bench.py $(ARGS)
 
 bench-gpu: ## on a GPU machine: placement, bf16 learning, throughput (compile on/off), JSON under OUT (or /tmp)
 	bash scripts/gpu_check.sh

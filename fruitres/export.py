@@ -12,8 +12,9 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from fruitres.config import print_config_tree
-from fruitres.inference import LoadedCheckpoint, load_checkpoint
+from fruitres.checkpoints.loading import LoadedCheckpoint, load_checkpoint
+from fruitres.files import replaced_whole, write_text_whole
+from fruitres.run.task import run_task
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +69,27 @@ def metadata(checkpoint: LoadedCheckpoint, model_file: Path, fmt: str) -> dict[s
 
 def export(cfg: DictConfig) -> Path:
     """Write model.<ext> and model.json into the run directory; return the model file."""
-    if cfg.format not in FORMATS:
-        raise ValueError(f"format={cfg.format} is not supported; choose one of {', '.join(FORMATS)}")
     checkpoint = load_checkpoint(cfg.ckpt_path)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model_file = output_dir / f"model{FORMATS[cfg.format]}"
-    if cfg.format == "onnx":
-        export_onnx(checkpoint, model_file, cfg.opset)
-    else:
-        export_torchscript(checkpoint, model_file)
+    model_file = Path(cfg.paths.output_dir) / f"model{FORMATS[cfg.format]}"
+    with replaced_whole(model_file) as partial:
+        if cfg.format == "onnx":
+            export_onnx(checkpoint, partial, cfg.opset)
+        else:
+            export_torchscript(checkpoint, partial)
     meta_file = model_file.with_suffix(".json")
-    meta_file.write_text(json.dumps(metadata(checkpoint, model_file, cfg.format), indent=2))
+    write_text_whole(meta_file, json.dumps(metadata(checkpoint, model_file, cfg.format), indent=2))
     log.info("Exported %s and %s", model_file, meta_file)
     return model_file
 
 
+def export_task(cfg: DictConfig) -> dict[str, float]:
+    model_file = export(cfg)
+    return {"export/model_mib": model_file.stat().st_size / 2**20}
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
-def main(cfg: DictConfig) -> None:
-    print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.log")
-    export(cfg)
+def main(cfg: DictConfig) -> float | None:
+    return run_task(cfg, export_task)
 
 
 if __name__ == "__main__":

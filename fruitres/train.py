@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from fruitres import precision  # noqa: F401  (registers ${fastest_precision:} for the configs)
-from fruitres.config import instantiate_callbacks, instantiate_loggers, print_config_tree
-from fruitres.distributed import check_launch
-from fruitres.errors import one_line_errors
-from fruitres.hparams import log_final_metrics, log_hyperparameters
-from fruitres.resume import expand_resume_argv, resume_point
-from fruitres.run_record import run_recorded
-from fruitres.validation import validate_config
+from fruitres.run.hparams import log_final_metrics, log_hyperparameters
+from fruitres.run.instantiate import instantiate_callbacks, instantiate_loggers
+from fruitres.run.launch import check_launch
+from fruitres.run.resume import expand_resume_argv, resume_point
+from fruitres.run.task import run_task
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +53,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-@one_line_errors
 def main(cfg: DictConfig) -> float | None:
-    def job() -> dict[str, float]:
-        validate_config(cfg)
-        if rank_zero_only.rank == 0:  # DDP ranks > 0 re-run this command in the same run directory
-            print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.log")
-        return train(cfg)
-
-    return run_recorded(cfg, job)  # run_record.json: status, error, wall time, epochs, metrics
+    return run_task(cfg, train)
 
 
 if __name__ == "__main__":

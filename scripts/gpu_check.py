@@ -14,14 +14,14 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import bench
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 
-from fruitres import bench
-from fruitres.data.synthetic import write_synthetic_fruits
+from fruitres.data.embedded import write_embedded_dataset
 from fruitres.train import train
 
 OUT = Path(os.environ.get("OUT") or "/tmp")
@@ -236,7 +236,7 @@ def main() -> None:
         raise SystemExit("no CUDA device is visible to torch; run this on the GPU machine")
     bench.quiet()
     start = time.perf_counter()
-    write_synthetic_fruits(
+    write_embedded_dataset(
         DATA, num_classes=NUM_CLASSES, train_per_class=150, test_per_class=40, image_size=100
     )
     print(f"generated data in {DATA} ({time.perf_counter() - start:.0f} s)", flush=True)

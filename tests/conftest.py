@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from fruitres.data.synthetic import write_synthetic_fruits
+from fruitres.data.embedded import write_embedded_dataset
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TINY_IMAGE_SIZE = 32
@@ -22,7 +22,7 @@ TINY_IMAGE_SIZE = 32
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated Fruits-360-shaped tree: 5 classes, small images, shared by the whole session."""
     root = tmp_path_factory.mktemp("tiny-fruits")
-    return write_synthetic_fruits(
+    return write_embedded_dataset(
         root, num_classes=5, train_per_class=40, test_per_class=10, image_size=TINY_IMAGE_SIZE, seed=0
     )
 

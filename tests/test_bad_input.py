@@ -19,8 +19,9 @@ from omegaconf import open_dict
 from PIL import Image
 
 from fruitres.data.folders import DatasetLayoutError
+from fruitres.errors import ConfigError
+from fruitres.run.config_checks import validate_config
 from fruitres.train import train
-from fruitres.validation import ConfigError, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))

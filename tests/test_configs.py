@@ -12,7 +12,7 @@ from conftest import CONF_DIR, compose_config, tiny_train_overrides
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fruitres.config import instantiate_callbacks, instantiate_loggers
+from fruitres.run.instantiate import instantiate_callbacks, instantiate_loggers
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
 DEBUG_MODES = sorted(path.stem for path in (CONF_DIR / "debug").glob("*.yaml"))

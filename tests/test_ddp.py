@@ -21,11 +21,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fruitres import precision  # noqa: F401  (registers ${fastest_precision:} for the configs)
 from fruitres.data.datamodule import Fruits360DataModule
-from fruitres.data.synthetic import write_synthetic_fruits
-from fruitres.distributed import check_launch
+from fruitres.data.embedded import write_embedded_dataset
 from fruitres.models.classifier import FruitClassifier
+from fruitres.run.launch import check_launch
 
 REPO = CONF_DIR.parent
 SLURM_TEMPLATE = REPO / "scripts" / "slurm" / "train_ddp.sbatch"
@@ -76,7 +75,7 @@ def data_overrides(data_dir: Path) -> list[str]:
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> DdpRun:
     """`python -m fruitres.train trainer=ddp_cpu`: 2 gloo processes started by Lightning, one short epoch."""
     root = tmp_path_factory.mktemp("ddp")
-    data_dir = write_synthetic_fruits(
+    data_dir = write_embedded_dataset(
         root / "data", num_classes=5, train_per_class=20, test_per_class=9, image_size=TINY_IMAGE_SIZE
     )
     overrides = data_overrides(data_dir)
@@ -210,7 +209,7 @@ def test_slurm_template_starts_one_rank_per_task_in_one_run_directory(tmp_path: 
     bin_dir.mkdir()
     (bin_dir / "srun").write_text(FAKE_SRUN)
     (bin_dir / "srun").chmod(0o755)
-    data_dir = write_synthetic_fruits(
+    data_dir = write_embedded_dataset(
         tmp_path / "data", num_classes=5, train_per_class=8, test_per_class=2, image_size=TINY_IMAGE_SIZE
     )
     env = {

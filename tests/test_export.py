@@ -15,8 +15,8 @@ import torch
 from conftest import TrainedSweep, compose_config
 from PIL import Image
 
+from fruitres.checkpoints.loading import load_checkpoint
 from fruitres.export import export
-from fruitres.inference import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,11 +14,16 @@ import torchvision
 from lightning.pytorch import Callback
 from omegaconf import DictConfig, open_dict
 
+from fruitres.callbacks.feature_cache import (
+    ImagesWithFeatures,
+    LinearProbeFeatureCache,
+    build_feature_cache,
+    feature_cache_path,
+)
 from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.data.folders import list_samples
 from fruitres.data.images import decode_image
 from fruitres.models.classifier import FruitClassifier
-from fruitres.models.feature_cache import ImagesWithFeatures, build_feature_cache, feature_cache_path
 from fruitres.train import train
 
 NUM_CLASSES = 5
@@ -38,9 +43,10 @@ def probe_model(seed: int = 0, **overrides) -> FruitClassifier:
     return FruitClassifier(num_classes=NUM_CLASSES, frozen_stages=5, **overrides).eval()
 
 
-def cpu_trainer(**overrides) -> L.Trainer:
+def cpu_trainer(callbacks: list[Callback] = (), **overrides) -> L.Trainer:
+    """A quiet CPU trainer with the linear-probe feature cache, as conf/callbacks/default.yaml has it."""
     kwargs = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    return L.Trainer(**(kwargs | overrides))
+    return L.Trainer(callbacks=[LinearProbeFeatureCache(), *callbacks], **(kwargs | overrides))
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])
@@ -124,7 +130,8 @@ def probe_config(train_config: DictConfig, output_dir: Path, cache_features: boo
     config = train_config.copy()
     with open_dict(config):
         config.model.frozen_stages = 5
-        config.model.cache_features = cache_features
+        if not cache_features:
+            config.callbacks.linear_probe_cache = None
         config.data.augment = None
         config.trainer.max_epochs = 1
         config.paths.output_dir = str(output_dir)
@@ -181,7 +188,7 @@ def test_unfreezing_the_backbone_during_a_cached_probe_is_refused(tiny_dataset: 
     trainer = cpu_trainer(
         max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[UnfreezeLayer4()]
     )
-    with pytest.raises(RuntimeError, match="model.cache_features=false"):
+    with pytest.raises(RuntimeError, match="callbacks.linear_probe_cache=null"):
         trainer.fit(probe_model(), datamodule=datamodule)
 
 

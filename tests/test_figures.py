@@ -10,7 +10,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fruitres.callbacks.figures import SplitPredictions
-from fruitres.figures import confusion_matrix_figure, per_class_bars, prediction_grid
+from fruitres.reports.figures import confusion_matrix_figure, per_class_bars, prediction_grid
 
 NAMES = ["Apple", "Banana", "Cherry"]
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import TrainedSweep
 
-from fruitres.inference import CheckpointError, load_checkpoint
+from fruitres.checkpoints.files import CheckpointError
+from fruitres.checkpoints.loading import load_checkpoint
 
 
 class _RunsCodeWhenUnpickled:

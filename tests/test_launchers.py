@@ -16,8 +16,7 @@ from hydra.utils import instantiate
 from joblib import Parallel, delayed
 from omegaconf import DictConfig, OmegaConf
 
-import fruitres.distributed  # noqa: F401  (registers the config resolvers, as `python -m fruitres.train` does)
-from fruitres.sweep_report import CSV_FILE
+from fruitres.reports.sweep_report import CSV_FILE
 
 REPO = CONF_DIR.parent
 GRID = "model.optimizer.lr=1e-3,1e-2"

@@ -14,6 +14,7 @@ import pytest
 from conftest import TrainedSweep, compose_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fruitres.errors import ConfigError
 from fruitres.predict import expand_inputs, predict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def predict_config(checkpoint: Path, out: Path, inputs: str, *overrides: str):
     return compose_config(
         "predict",
-        [f"ckpt_path={checkpoint}", f"inputs={inputs}", f"paths.output_dir={out}", "device=cpu", *overrides],
+        [f"ckpt_path={checkpoint}", f"inputs={inputs}", f"paths.output_dir={out}", "trainer=cpu", *overrides],
     )
 
 
@@ -80,7 +81,7 @@ def test_predict_agrees_with_the_runs_test_accuracy(
 ) -> None:
     """Same images, same preprocessing and class order as in training: the top-1 hits match test/acc."""
     predictions = predict(
-        predict_config(trained_sweep.checkpoint, tmp_path, f"{tiny_dataset}/Test", "batch_size=7")
+        predict_config(trained_sweep.checkpoint, tmp_path, f"{tiny_dataset}/Test", "data.batch_size=7")
     )
 
     hits = [Path(p.path).parent.name == p.classes[0] for p in predictions]
@@ -106,7 +107,7 @@ def test_inputs_expand_folders_globs_and_lists_and_keep_named_non_images(mixed_f
         [str(mixed_folder / "notes.txt"), str(mixed_folder / "good 0.jpg"), str(mixed_folder)]
     )
     assert listed[0].name == "notes.txt" and len(listed) == 7, "a file named twice is predicted once"
-    with pytest.raises(FileNotFoundError, match="nothing-here"):
+    with pytest.raises(ConfigError, match="nothing-here"):
         expand_inputs(str(mixed_folder / "nothing-here*.png"))
 
 

@@ -18,8 +18,8 @@ from cli import TINY_CLI, only_run_dir, run_train
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fruitres.checkpoint_io import AtomicCheckpointIO, CorruptCheckpointError, check_checkpoint_file
-from fruitres.resume import ResumePoint, expand_resume_argv, resume_point
+from fruitres.checkpoints.files import AtomicCheckpointIO, CheckpointError, check_checkpoint_file
+from fruitres.run.resume import ResumePoint, expand_resume_argv, resume_point
 
 
 def fake_run_dir(root: Path, overrides: list[str]) -> Path:
@@ -65,10 +65,10 @@ def test_cut_off_checkpoint_is_detected_naming_the_file_and_the_way_out(tmp_path
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
 
-    with pytest.raises(CorruptCheckpointError, match=rf"checkpoint {last} is truncated") as error:
+    with pytest.raises(CheckpointError, match=rf"checkpoint {last} is truncated") as error:
         resume_point(resume_config(tmp_path))
     assert "continue from another checkpoint there (epoch_002.ckpt) with ckpt_path=" in str(error.value)
-    with pytest.raises(CorruptCheckpointError):
+    with pytest.raises(CheckpointError):
         AtomicCheckpointIO().load_checkpoint(last)
 
 
@@ -87,7 +87,7 @@ def test_last_picks_the_newer_of_the_epoch_end_and_the_ctrl_c_checkpoint(tmp_pat
 
 WRITER = """
 import sys, torch
-from fruitres.checkpoint_io import AtomicCheckpointIO
+from fruitres.checkpoints.files import AtomicCheckpointIO
 io = AtomicCheckpointIO()
 for version in range(1, 1000):
     checkpoint = {"global_step": version, "weights": torch.full((2**24,), float(version))}

@@ -15,8 +15,8 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from fruitres.run_record import RECORD_FILE, read_record
-from fruitres.sweep_report import CSV_FILE, MARKDOWN_FILE
+from fruitres.reports.sweep_report import CSV_FILE, MARKDOWN_FILE
+from fruitres.run.record import RECORD_FILE, read_record
 
 REPO = Path(__file__).resolve().parents[1]
 RESNET18_TRAINABLE = {3: 2_099_712 + 8_393_728 + 512 * 5 + 5, 5: 512 * 5 + 5}  # by frozen_stages, 5 classes
@@ -126,7 +126,7 @@ def test_grid_sweep_gives_each_job_its_directory_and_the_sweep_one_table(
     (sweep_dir / CSV_FILE).unlink()
     (sweep_dir / MARKDOWN_FILE).unlink()
     rebuilt = subprocess.run(
-        [sys.executable, "-m", "fruitres.sweep_report", str(sweep_dir)],
+        [sys.executable, "-m", "fruitres.reports.sweep_report", str(sweep_dir)],
         capture_output=True,
         text=True,
         check=True,

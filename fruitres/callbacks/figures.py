@@ -18,7 +18,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from fruitres.figures import (
+from fruitres.reports.figures import (
     confusion_matrix_figure,
     denormalize,
     labelled_grid,

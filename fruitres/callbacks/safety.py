@@ -14,18 +14,14 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from fruitres.checkpoints.files import INTERRUPTED, newest_checkpoint
+from fruitres.errors import FixableError
+
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(FixableError, FloatingPointError):
     """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
-
-
-def newest_checkpoint(trainer: L.Trainer) -> Path | None:
-    """The most recently written checkpoint file of the trainer's checkpoint callbacks."""
-    folders = {Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}
-    files = [path for folder in folders for path in folder.glob("*.ckpt")]
-    return max(files, key=lambda path: path.stat().st_mtime, default=None)
 
 
 class StopOnNonFiniteLoss(Callback):
@@ -37,7 +33,8 @@ class StopOnNonFiniteLoss(Callback):
     ) -> None:
         if torch.isfinite(loss).all():
             return
-        checkpoint = newest_checkpoint(trainer)
+        folders = {cb.dirpath for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}
+        checkpoint = newest_checkpoint(folders)
         kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved yet"
         raise NonFiniteLossError(
             f"the training loss is {loss.item()} at step {trainer.global_step} "
@@ -54,7 +51,7 @@ class CheckpointOnInterrupt(Callback):
     state is never half an optimizer step, and writes the checkpoint. A second Ctrl-C interrupts at once.
     """
 
-    def __init__(self, dirpath: str, filename: str = "interrupted") -> None:
+    def __init__(self, dirpath: str, filename: str = Path(INTERRUPTED).stem) -> None:
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self._requested = False
         self._previous_handler: Any = None

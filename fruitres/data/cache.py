@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from fruitres.data.images import decode_image
+from fruitres.files import replaced_whole, write_text_whole
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +53,22 @@ def build_image_cache(paths: Sequence[Path], image_size: int, cache_dir: Path) -
     if array_path.exists() and meta_path.exists():
         return array_path, json.loads(meta_path.read_text())["unreadable"]
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("Decoding %d images into the image cache %s", len(paths), array_path)
-    tmp_path = array_path.with_suffix(f".npy.tmp{os.getpid()}")
     shape = (len(paths), image_size, image_size, 3)
-    array = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=shape)
     unreadable: list[int] = []
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        decoded = pool.map(_decode_or_none, paths, [image_size] * len(paths), chunksize=64)
-        for index, pixels in enumerate(decoded):
-            if pixels is None:
-                unreadable.append(index)
-            else:
-                array[index] = pixels
-    array.flush()
-    del array
-    os.replace(tmp_path, array_path)  # atomic: a killed build never leaves a complete-looking cache
-    meta_tmp = meta_path.with_suffix(f".json.tmp{os.getpid()}")
-    meta_tmp.write_text(json.dumps({"count": len(paths), "image_size": image_size, "unreadable": unreadable}))
-    os.replace(meta_tmp, meta_path)
+    with replaced_whole(array_path) as partial:  # a killed build never leaves a complete-looking cache
+        array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            decoded = pool.map(_decode_or_none, paths, [image_size] * len(paths), chunksize=64)
+            for index, pixels in enumerate(decoded):
+                if pixels is None:
+                    unreadable.append(index)
+                else:
+                    array[index] = pixels
+        array.flush()
+        del array
+    meta = {"count": len(paths), "image_size": image_size, "unreadable": unreadable}
+    write_text_whole(meta_path, json.dumps(meta))
     return array_path, unreadable
 
 

@@ -14,9 +14,9 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from fruitres.data.cache import CachedImages, build_image_cache, collate_batch
+from fruitres.data.embedded import write_embedded_dataset
 from fruitres.data.folders import DatasetLayoutError, list_class_names, list_samples
-from fruitres.data.synthetic import write_synthetic_fruits
-from fruitres.distributed import evaluation_sampler, loader_start_method
+from fruitres.data.loaders import evaluation_sampler, loader_start_method
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Fruits360DataModule(LightningDataModule):
     def prepare_data(self) -> None:
         """Write the embedded dataset if it is the one in use; check that a real one is there."""
         if self.embedded:
-            write_synthetic_fruits(
+            write_embedded_dataset(
                 self.root, image_size=self.hparams.image_size, **(self.hparams.embedded or {})
             )
         elif not (self.root / "Training").is_dir():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fruitres.errors import FixableError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLITS = ("Training", "Test")
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(FixableError, ValueError):
     """The folder tree cannot be trained on; the message names the path and the fix."""
 
 

@@ -8,6 +8,8 @@ import torch
 import torchvision
 from torch import nn
 
+from fruitres.errors import FixableError
+
 ARCHS = ("resnet18", "resnet34", "resnet50")
 # The ResNet in the order `frozen_stages` counts: the stem, then the four residual stages.
 STAGES: tuple[tuple[str, ...], ...] = (
@@ -19,7 +21,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
 )
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(FixableError, RuntimeError):
     """Pretrained weights could not be had; the message says where to put the file or what to override."""
 
 

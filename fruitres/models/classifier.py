@@ -9,13 +9,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch import LightningModule
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from fruitres.models.backbone import STAGES, build_resnet, stage_modules
-from fruitres.models.feature_cache import LinearProbeFeatureCache
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05}
 
@@ -55,7 +54,6 @@ class FruitClassifier(LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
-        cache_features: bool = True,
         optimizer: Mapping | None = None,
         scheduler: Mapping | None = None,
     ) -> None:
@@ -119,14 +117,10 @@ class FruitClassifier(LightningModule):
         trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
         return {"params/total": total, "params/trainable": trainable, "params/frozen": total - trainable}
 
-    def configure_callbacks(self) -> list[Callback]:
-        """A linear probe (every stage frozen) computes its backbone features once when it can."""
-        return [LinearProbeFeatureCache()] if self.hparams.cache_features else []
-
     # --- steps -------------------------------------------------------------------------------
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
         """Loss and metrics of a batch; the logits go to callbacks (TensorBoard figures, eval reports)."""
-        images, labels, *cached_features = batch  # features: see models/feature_cache.py
+        images, labels, *cached_features = batch  # features: see callbacks/feature_cache.py
         logits = self.net.fc(cached_features[0]) if cached_features else self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")

@@ -1,6 +1,6 @@
 """A small Fruits-360-shaped image set, drawn procedurally so that the project runs with no download.
 
-`write_synthetic_fruits` writes ``Training/<Class>/*.jpg`` and ``Test/<Class>/*.jpg`` under a root folder:
+`write_embedded_dataset` writes ``Training/<Class>/*.jpg`` and ``Test/<Class>/*.jpg`` under a root folder:
 RGB JPEGs of one fruit-like object on a white background, like Fruits-360 frames. Each class is a fixed
 combination of body shape, colour and surface texture, and classes are laid out so that pairs share a
 colour (differing in shape or texture) and neighbours have near hues: mean colour alone does not tell
@@ -25,7 +25,7 @@ from PIL import Image
 
 from fruitres.data.folders import SPLITS
 
-MARKER_NAME = ".synthetic.json"
+MARKER_NAME = ".embedded.json"
 GENERATOR_VERSION = 1  # bump whenever the drawing changes, so that trees written before are regenerated
 JPEG_QUALITY = 90
 MIN_IMAGE_SIZE = 16
@@ -143,7 +143,7 @@ def _class_specs(num_classes: int) -> list[_ClassSpec]:
     return [_class_spec(i) for i in range(num_classes)]
 
 
-def synthetic_class_names(num_classes: int) -> list[str]:
+def embedded_class_names(num_classes: int) -> list[str]:
     """The class folder names for `num_classes` classes, sorted as ImageFolder-like loaders label them."""
     return sorted(spec.name for spec in _class_specs(num_classes))
 
@@ -340,8 +340,8 @@ def _check_replaceable(root: Path) -> None:
     if not root.exists() or (root / MARKER_NAME).is_file() or (root.is_dir() and not any(root.iterdir())):
         return
     raise FileExistsError(
-        f"{root} exists and was not written by write_synthetic_fruits (it has no {MARKER_NAME}); "
-        "point the synthetic data folder elsewhere or delete it"
+        f"{root} exists and was not written by write_embedded_dataset (it has no {MARKER_NAME}); "
+        "point data.embedded_dir elsewhere or delete it"
     )
 
 
@@ -379,10 +379,10 @@ def _move_into_place(staging: Path, root: Path, params: dict[str, int], attempts
         except FileNotFoundError:
             continue  # another process moved it away already
         shutil.rmtree(discarded, ignore_errors=True)
-    raise OSError(f"could not move the synthetic tree {staging} to {root}")
+    raise OSError(f"could not move the embedded dataset {staging} to {root}")
 
 
-def write_synthetic_fruits(
+def write_embedded_dataset(
     root: str | Path,
     num_classes: int = 10,
     train_per_class: int = 60,
@@ -392,7 +392,7 @@ def write_synthetic_fruits(
 ) -> Path:
     """Write (once) a Fruits-360-shaped tree under root and return root.
 
-    Idempotent: a complete tree written with the same parameters (recorded in ``root/.synthetic.json``)
+    Idempotent: a complete tree written with the same parameters (recorded in ``root/.embedded.json``)
     is kept as it is; an incomplete or different one is regenerated. The tree is written into a hidden
     sibling folder and renamed into place, so a killed process never leaves a half tree that looks complete
     and processes racing to write it (e.g. DDP ranks) all end with a valid one. A folder that this function

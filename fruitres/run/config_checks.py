@@ -16,14 +16,11 @@ import torchvision
 from omegaconf import DictConfig, OmegaConf
 
 from fruitres.data.datamodule import BAD_IMAGE_POLICIES
-from fruitres.data.synthetic import MIN_IMAGE_SIZE
+from fruitres.data.embedded import MIN_IMAGE_SIZE
+from fruitres.errors import ConfigError
 from fruitres.models.backbone import ARCHS, STAGES
 
 _ABSENT = object()
-
-
-class ConfigError(ValueError):
-    """A config value that cannot run; the message names the key, the value and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +76,8 @@ RULES: tuple[Rule, ...] = (
         "null, last (this run's newest checkpoint) or an existing checkpoint file",
         lambda v: v is None or v == "last" or Path(str(v)).expanduser().is_file(),
     ),
+    Rule("format", "onnx or torchscript", one_of(("onnx", "torchscript"))),
+    Rule("top_k", "an integer ≥ 1", int_at_least(1)),
     Rule("trainer.max_epochs", "an integer ≥ 1, or -1 for no limit", lambda v: v == -1 or int_at_least(1)(v)),
 )
 

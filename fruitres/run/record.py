@@ -21,12 +21,12 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from fruitres.checkpoints.files import CHECKPOINT_DIR, LAST
+from fruitres.files import write_text_whole
+
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "run_record.json"
-LAST_CHECKPOINT = (
-    Path("checkpoints") / "last.ckpt"
-)  # written at every epoch end (conf/callbacks/default.yaml)
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:
@@ -37,16 +37,12 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> None:
     """Replace the record at once, so a reader never sees half of one."""
-    path = Path(run_dir) / RECORD_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{RECORD_FILE}.partial")
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    partial.replace(path)
+    write_text_whole(Path(run_dir) / RECORD_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def epochs_trained(run_dir: Path, since: float) -> int | None:
     """Finished epochs, from the end-of-epoch checkpoint written after `since` (None if there is none)."""
-    checkpoint = Path(run_dir) / LAST_CHECKPOINT
+    checkpoint = Path(run_dir) / CHECKPOINT_DIR / LAST
     if not checkpoint.is_file() or checkpoint.stat().st_mtime < since:  # not one of an earlier attempt's
         return None
     # saved during its last epoch, whose index it holds

@@ -1,4 +1,5 @@
-"""Checkpoint files that are either complete or absent: atomic writes, and a clear error for a cut-off file.
+"""Checkpoint files: their names in a run directory, writes that are all or nothing, and a clear error for a
+file that is cut off or not a checkpoint.
 
 Lightning's own save goes through an fsspec transaction whose temporary file lives in the system temp
 folder: when that is another filesystem (a local /tmp, runs on network storage) the final move is a copy,
@@ -8,9 +9,8 @@ sits beside the target, is fsynced, and replaces the target with one ``os.replac
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +20,42 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-PARTIAL_SUFFIX = ".partial"  # a checkpoint being written; one left behind was cut off by a kill
+from fruitres.errors import FixableError
+from fruitres.files import replaced_whole
+
+# Names written by the checkpoint callbacks of conf/callbacks/default.yaml, under a run directory.
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"  # the end of the last finished epoch
+INTERRUPTED = "interrupted.ckpt"  # written on Ctrl-C / SIGTERM
+RESUMABLE = (LAST, INTERRUPTED)
 
 
-class CorruptCheckpointError(RuntimeError):
-    """A checkpoint file is truncated or is not a checkpoint; the message names the file and the way out."""
+class CheckpointError(FixableError, ValueError):
+    """A checkpoint cannot be used (missing, truncated, not a fruitres checkpoint); the message names it."""
+
+
+def newest_checkpoint(folders: Iterable[Path], names: Iterable[str] | None = None) -> Path | None:
+    """The most recently written checkpoint in `folders` (any *.ckpt, or only `names`); None if none."""
+    wanted = set(names) if names is not None else None
+    files = [
+        path
+        for folder in folders
+        for path in Path(folder).glob("*.ckpt")
+        if path.is_file() and (wanted is None or path.name in wanted)
+    ]
+    return max(files, key=lambda path: path.stat().st_mtime, default=None)
 
 
 def check_checkpoint_file(path: Path) -> None:
-    """Raise CorruptCheckpointError unless `path` is a whole torch zip archive (reads only its directory)."""
+    """Raise CheckpointError unless `path` is a whole torch zip archive (reads only its directory)."""
     try:
         with zipfile.ZipFile(path) as archive:
             complete = any(name.endswith("/data.pkl") for name in archive.namelist())
     except (zipfile.BadZipFile, OSError) as error:
         reason = "it is empty" if path.is_file() and path.stat().st_size == 0 else str(error)
-        raise CorruptCheckpointError(_corrupt_message(path, reason)) from None
+        raise CheckpointError(_corrupt_message(path, reason)) from None
     if not complete:
-        raise CorruptCheckpointError(_corrupt_message(path, "it holds no torch.save data"))
+        raise CheckpointError(_corrupt_message(path, "it holds no torch.save data"))
 
 
 def _corrupt_message(path: Path, reason: str) -> str:
@@ -62,32 +81,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=PARTIAL_SUFFIX)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(partial, target)
-        except BaseException:
-            Path(partial).unlink(missing_ok=True)
-            raise
-        _fsync_folder(target.parent)  # make the rename itself survive a power cut
+        with replaced_whole(Path(path)) as partial:
+            torch.save(checkpoint, partial)
 
     def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Load as Lightning does, but a cut-off file raises CorruptCheckpointError naming it."""
+        """Load as Lightning does, but a cut-off file raises CheckpointError naming it."""
         if isinstance(get_filesystem(path), LocalFileSystem) and Path(path).is_file():
             check_checkpoint_file(Path(path))
         return super().load_checkpoint(path, *args, **kwargs)
-
-
-def _fsync_folder(folder: Path) -> None:
-    if os.name != "posix":  # folders cannot be opened for fsync on Windows
-        return
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)

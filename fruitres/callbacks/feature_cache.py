@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import lightning as L
@@ -23,6 +22,7 @@ from lightning.pytorch import Callback
 from torch.utils.data import Dataset
 
 from fruitres.data.cache import Batch, CachedImages
+from fruitres.files import replaced_whole
 from fruitres.models.backbone import STAGES
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,8 @@ def build_feature_cache(
     if trainer.is_global_zero and not path.exists():
         log.info("Computing the frozen backbone's features once into %s", path)
         features = extract_features(model, images, datamodule, trainer)
-        tmp_path = path.with_suffix(f".npy.tmp{os.getpid()}")
-        with open(tmp_path, "wb") as file:  # a file object: np.save would append .npy to the name
+        with replaced_whole(path) as partial, open(partial, "wb") as file:  # np.save on a name adds .npy
             np.save(file, features)
-        os.replace(tmp_path, path)  # atomic: a killed run never leaves a partial cache
     trainer.strategy.barrier("feature_cache")
     return path
 
@@ -169,7 +167,7 @@ class LinearProbeFeatureCache(Callback):
             if features_file(pl_module, dataset.images, trainer.datamodule, trainer) != dataset.features_path:
                 raise RuntimeError(
                     "The checkpoint being resumed holds another backbone than the one whose features were "
-                    "cached for this linear probe; set model.cache_features=false to resume it"
+                    "cached for this linear probe; set callbacks.linear_probe_cache=null to resume it"
                 )
 
     def on_train_batch_start(
@@ -178,7 +176,7 @@ class LinearProbeFeatureCache(Callback):
         if self.wrapped and pl_module.frozen_prefix() < len(STAGES):
             raise RuntimeError(
                 "A callback unfroze the backbone during a linear probe fed with cached features "
-                "(model.cache_features=true); set model.cache_features=false to fine-tune it"
+                "(callbacks.linear_probe_cache); set callbacks.linear_probe_cache=null to fine-tune it"
             )
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

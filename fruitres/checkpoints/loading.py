@@ -10,15 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from fruitres.checkpoints.files import CheckpointError, check_checkpoint_file
 from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.data.images import decode_image
 from fruitres.models.classifier import FruitClassifier
 
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
-
-
-class CheckpointError(ValueError):
-    """The checkpoint cannot be used; the message names the file and what to do."""
 
 
 @dataclass
@@ -68,10 +65,11 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         raise CheckpointError(
             f"ckpt_path={path} is not a file; pass a .ckpt from a run's checkpoints/ folder"
         )
+    check_checkpoint_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        reason = str(error).strip().splitlines()[0]
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(
             f"ckpt_path={path} cannot be loaded as weights only ({reason}); fruitres never unpickles "
             "arbitrary objects: use a checkpoint written by fruitres.train"

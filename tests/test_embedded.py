@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruitres.data import synthetic
-from fruitres.data.synthetic import MARKER_NAME, MAX_CLASSES, synthetic_class_names, write_synthetic_fruits
+from fruitres.data import embedded
+from fruitres.data.embedded import MARKER_NAME, MAX_CLASSES, embedded_class_names, write_embedded_dataset
 
 SMALL = {"num_classes": 4, "train_per_class": 6, "test_per_class": 3, "image_size": 32}
 
@@ -67,25 +67,25 @@ def colour_histograms(images: np.ndarray) -> np.ndarray:
 
 
 def test_class_names_are_unique_multi_word_and_stable():
-    names = synthetic_class_names(60)
+    names = embedded_class_names(60)
     assert len(set(names)) == 60
     assert names == sorted(names)
     assert all(" " in name and name == name.strip() for name in names)
-    assert set(synthetic_class_names(10)) <= set(names)
-    assert len(set(synthetic_class_names(MAX_CLASSES))) == MAX_CLASSES
+    assert set(embedded_class_names(10)) <= set(names)
+    assert len(set(embedded_class_names(MAX_CLASSES))) == MAX_CLASSES
 
 
 @pytest.mark.parametrize("num_classes", [0, MAX_CLASSES + 1])
 def test_class_count_out_of_range_is_refused(tmp_path, num_classes):
     with pytest.raises(ValueError, match="num_classes"):
-        write_synthetic_fruits(tmp_path / "fruits", num_classes=num_classes)
+        write_embedded_dataset(tmp_path / "fruits", num_classes=num_classes)
 
 
 def test_layout_matches_fruits_360(tmp_path):
-    root = write_synthetic_fruits(tmp_path / "fruits", num_classes=4, train_per_class=5, test_per_class=2)
+    root = write_embedded_dataset(tmp_path / "fruits", num_classes=4, train_per_class=5, test_per_class=2)
 
     assert root == tmp_path / "fruits"
-    names = synthetic_class_names(4)
+    names = embedded_class_names(4)
     for split, count in (("Training", 5), ("Test", 2)):
         assert sorted(p.name for p in (root / split).iterdir()) == names
         for name in names:
@@ -103,9 +103,9 @@ def test_layout_matches_fruits_360(tmp_path):
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_other_images(tmp_path):
-    first = file_digests(write_synthetic_fruits(tmp_path / "a", seed=3, **SMALL))
-    second = file_digests(write_synthetic_fruits(tmp_path / "b", seed=3, **SMALL))
-    other = file_digests(write_synthetic_fruits(tmp_path / "c", seed=4, **SMALL))
+    first = file_digests(write_embedded_dataset(tmp_path / "a", seed=3, **SMALL))
+    second = file_digests(write_embedded_dataset(tmp_path / "b", seed=3, **SMALL))
+    other = file_digests(write_embedded_dataset(tmp_path / "c", seed=4, **SMALL))
 
     assert first == second
     assert first.keys() == other.keys()
@@ -113,7 +113,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_other_images(tmp_path)
 
 
 def test_test_images_differ_from_training_images(tmp_path):
-    root = write_synthetic_fruits(tmp_path / "fruits", **SMALL)
+    root = write_embedded_dataset(tmp_path / "fruits", **SMALL)
 
     train = {digest for key, digest in file_digests(root).items() if key.startswith("Training")}
     test = {digest for key, digest in file_digests(root).items() if key.startswith("Test")}
@@ -122,44 +122,44 @@ def test_test_images_differ_from_training_images(tmp_path):
 
 
 def test_second_call_keeps_the_tree(tmp_path):
-    root = write_synthetic_fruits(tmp_path / "fruits", **SMALL)
+    root = write_embedded_dataset(tmp_path / "fruits", **SMALL)
     stamps = file_stamps(root)
 
-    assert write_synthetic_fruits(tmp_path / "fruits", **SMALL) == root
+    assert write_embedded_dataset(tmp_path / "fruits", **SMALL) == root
     assert file_stamps(root) == stamps
 
 
 def test_changed_parameters_regenerate(tmp_path):
-    root = write_synthetic_fruits(tmp_path / "fruits", **SMALL)
-    write_synthetic_fruits(root, **{**SMALL, "num_classes": 3, "train_per_class": 2})
+    root = write_embedded_dataset(tmp_path / "fruits", **SMALL)
+    write_embedded_dataset(root, **{**SMALL, "num_classes": 3, "train_per_class": 2})
 
-    assert sorted(p.name for p in (root / "Training").iterdir()) == synthetic_class_names(3)
+    assert sorted(p.name for p in (root / "Training").iterdir()) == embedded_class_names(3)
     assert all(len(list(d.iterdir())) == 2 for d in (root / "Training").iterdir())
     assert json.loads((root / MARKER_NAME).read_text())["train_per_class"] == 2
 
 
 def test_incomplete_tree_is_regenerated(tmp_path):
-    root = write_synthetic_fruits(tmp_path / "fruits", **SMALL)
+    root = write_embedded_dataset(tmp_path / "fruits", **SMALL)
     expected = file_digests(root)
     next((root / "Test").rglob("*.jpg")).unlink()
 
-    write_synthetic_fruits(root, **SMALL)
+    write_embedded_dataset(root, **SMALL)
     assert file_digests(root) == expected
 
 
 def test_interrupted_writing_leaves_the_old_tree_and_no_debris(tmp_path, monkeypatch):
-    root = write_synthetic_fruits(tmp_path / "fruits", **SMALL)
+    root = write_embedded_dataset(tmp_path / "fruits", **SMALL)
     before = file_digests(root)
-    render, calls = synthetic._render, iter(range(5))
+    render, calls = embedded._render, iter(range(5))
 
     def render_then_crash(*args):
         if next(calls, None) is None:
             raise KeyboardInterrupt  # as if the run were stopped while writing the sixth image
         return render(*args)
 
-    monkeypatch.setattr(synthetic, "_render", render_then_crash)
+    monkeypatch.setattr(embedded, "_render", render_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        write_synthetic_fruits(root, **{**SMALL, "seed": 1})
+        write_embedded_dataset(root, **{**SMALL, "seed": 1})
 
     assert file_digests(root) == before
     assert [p.name for p in tmp_path.iterdir()] == ["fruits"]
@@ -168,7 +168,7 @@ def test_interrupted_writing_leaves_the_old_tree_and_no_debris(tmp_path, monkeyp
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_killed_writer_leaves_nothing_that_looks_complete(tmp_path):
     root = tmp_path / "fruits"
-    script = f"from fruitres.data.synthetic import write_synthetic_fruits as w; w({str(root)!r}, 4, 500)"
+    script = f"from fruitres.data.embedded import write_embedded_dataset as w; w({str(root)!r}, 4, 500)"
     writer = subprocess.Popen([sys.executable, "-c", script])
     try:
         deadline = time.monotonic() + 60
@@ -181,7 +181,7 @@ def test_killed_writer_leaves_nothing_that_looks_complete(tmp_path):
 
     assert writer.returncode == -signal.SIGKILL, "the writer finished before it could be killed"
     assert not root.exists()
-    assert write_synthetic_fruits(root, **SMALL) == root
+    assert write_embedded_dataset(root, **SMALL) == root
     assert len(file_digests(root)) == 4 * (6 + 3)
 
 
@@ -191,16 +191,16 @@ def test_folder_not_written_by_the_generator_is_left_alone(tmp_path):
     (root / "Training" / "Apple" / "mine.jpg").write_bytes(b"precious")
 
     with pytest.raises(FileExistsError, match=MARKER_NAME):
-        write_synthetic_fruits(root, **SMALL)
+        write_embedded_dataset(root, **SMALL)
     assert (root / "Training" / "Apple" / "mine.jpg").read_bytes() == b"precious"
 
 
 def test_racing_writers_both_end_with_a_valid_tree(tmp_path):
-    reference = file_digests(write_synthetic_fruits(tmp_path / "reference", **SMALL))
+    reference = file_digests(write_embedded_dataset(tmp_path / "reference", **SMALL))
     root = tmp_path / "fruits"
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda _: write_synthetic_fruits(root, **SMALL), range(2)))
+        results = list(pool.map(lambda _: write_embedded_dataset(root, **SMALL), range(2)))
 
     assert results == [root, root]
     assert file_digests(root) == reference
@@ -208,10 +208,10 @@ def test_racing_writers_both_end_with_a_valid_tree(tmp_path):
 
 
 def test_classes_look_different_but_not_by_mean_colour_alone(tmp_path):
-    root = write_synthetic_fruits(
+    root = write_embedded_dataset(
         tmp_path / "fruits", num_classes=6, train_per_class=8, test_per_class=8, image_size=48
     )
-    names = synthetic_class_names(6)
+    names = embedded_class_names(6)
     train, train_labels = load_split(root, "Training", names)
     test, test_labels = load_split(root, "Test", names)
     chance = 1 / len(names)

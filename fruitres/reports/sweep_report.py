@@ -1,6 +1,6 @@
-"""`python -m fruitres.sweep_report SWEEP_DIR`: one table of a sweep's jobs, best first.
+"""`python -m fruitres.reports.sweep_report SWEEP_DIR`: one table of a sweep's jobs, best first.
 
-Built from each job's `run_record.json` (fruitres/run_record.py): the parameters the jobs vary, the
+Built from each job's `run_record.json` (fruitres/run/record.py): the parameters the jobs vary, the
 validation and test accuracy, epochs, wall time, status and error. Written as `sweep_results.csv` and
 `sweep_results.md` into the sweep directory and printed. Hydra calls it at the end of every multirun
 (`conf/hydra/default.yaml`); the command rebuilds it for any sweep directory, finished or not.
@@ -9,7 +9,6 @@ validation and test accuracy, epochs, wall time, status and error. Written as `s
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fruitres.run_record import read_record
+from fruitres.files import write_csv_whole, write_text_whole
+from fruitres.run.record import read_record
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +100,9 @@ def write_sweep_report(sweep_dir: Path) -> str:
     """Write the CSV and Markdown tables into `sweep_dir`; returns the Markdown."""
     sweep_dir = Path(sweep_dir)
     rows, shared = sweep_rows(sweep_dir)
-    with open(sweep_dir / CSV_FILE, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else ["job"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_whole(sweep_dir / CSV_FILE, rows, list(rows[0]) if rows else ["job"])
     table = markdown_table(rows, shared)
-    (sweep_dir / MARKDOWN_FILE).write_text(table)
+    write_text_whole(sweep_dir / MARKDOWN_FILE, table)
     return table
 
 

@@ -1,4 +1,4 @@
-"""`python -m fruitres.bench`: the project's training pipeline against the tutorial's plain PyTorch loop.
+"""`python benchmarks/bench.py`: the project's training pipeline against the tutorial's plain PyTorch loop.
 
 Both run in this one process on the same data, batch size, image size, threads and device, one after
 the other in every repeat (the order alternates), so that a machine busy with other work slows both
@@ -35,8 +35,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fruitres import precision  # noqa: F401  (registers ${fastest_precision:} for the configs)
 from fruitres.data.datamodule import Fruits360DataModule
+from fruitres.run.devices import uses_cuda
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VARIANTS = {"full": 0, "frozen3": 3, "probe": 5}  # --variants name → model.frozen_stages
@@ -338,9 +338,7 @@ class Project:
 
 
 def _device_of(cfg: DictConfig) -> torch.device:
-    accelerator = cfg.trainer.accelerator
-    use_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+    return torch.device("cuda", 0) if uses_cuda(cfg.trainer.accelerator) else torch.device("cpu")
 
 
 # --- running -----------------------------------------------------------------------------------------
@@ -441,7 +439,7 @@ def measure_data(project: Project, tutorial: TutorialLoop, results: Results, arg
 def settings(args: argparse.Namespace, datamodule: Fruits360DataModule, device: torch.device) -> dict:
     """What was measured, and on what."""
     return {
-        "command": "python -m fruitres.bench " + " ".join(args.argv),
+        "command": "python benchmarks/bench.py " + " ".join(args.argv),
         "machine": _machine_name(device),
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -529,7 +527,7 @@ def _boolean(text: str) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m fruitres.bench",
+        prog="python benchmarks/bench.py",
         description="Training throughput of the project's pipeline against the tutorial's plain loop.",
         epilog="Lists (a,b) make one project row per combination. Unset precision/channels-last/compile "
         "keep the experiment config's values. Extra key=value arguments are Hydra overrides.",

@@ -15,13 +15,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fruitres.checkpoint_io import PARTIAL_SUFFIX, check_checkpoint_file
+from fruitres.checkpoints.files import CHECKPOINT_DIR, RESUMABLE, check_checkpoint_file, newest_checkpoint
+from fruitres.files import PARTIAL_SUFFIX
 
 log = logging.getLogger(__name__)
 
 RESUME_PREFIX = "resume="
-# The files written by the checkpoint callbacks of conf/callbacks/default.yaml that ckpt_path=last looks for.
-RESUMABLE_NAMES = ("last.ckpt", "interrupted.ckpt")
 
 
 def expand_resume_argv(argv: list[str]) -> list[str]:
@@ -58,13 +57,12 @@ def resume_point(cfg: DictConfig) -> ResumePoint | None:
     if value is None:
         return None
     if value == "last":
-        folder = Path(cfg.paths.output_dir) / "checkpoints"
+        folder = Path(cfg.paths.output_dir) / CHECKPOINT_DIR
         _remove_partial_files(folder)
-        found = [folder / name for name in RESUMABLE_NAMES if (folder / name).is_file()]
-        if not found:
+        checkpoint = newest_checkpoint([folder], RESUMABLE)
+        if checkpoint is None:
             log.warning("No checkpoint in %s yet: training from the start in the same run directory", folder)
             return ResumePoint(None, 0)
-        checkpoint = max(found, key=lambda path: path.stat().st_mtime)
     else:
         checkpoint = Path(value).expanduser()  # validate_config checked that it exists
     check_checkpoint_file(checkpoint)

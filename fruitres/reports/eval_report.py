@@ -1,0 +1,94 @@
+"""What an evaluation writes and prints: per-class precision/recall/F1, the most confused pairs, figures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+from rich.console import Console
+from rich.table import Table
+
+from fruitres.files import write_csv_whole, write_text_whole
+
+PER_CLASS_FIELDS = ("class", "support", "precision", "recall", "f1")
+CONFUSED_FIELDS = ("true", "predicted", "count", "share")
+
+
+def per_class_rows(results: dict[str, torch.Tensor], class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per class (support, precision, recall, F1), worst F1 first."""
+    support = results["confusion_matrix"].sum(dim=1).tolist()
+    rows = [
+        {
+            "class": name,
+            "support": int(support[index]),
+            "precision": float(results["precision"][index]),
+            "recall": float(results["recall"][index]),
+            "f1": float(results["f1"][index]),
+        }
+        for index, name in enumerate(class_names)
+    ]
+    return sorted(rows, key=lambda row: (row["f1"], row["class"]))
+
+
+def confused_pairs(matrix: torch.Tensor, class_names: Sequence[str], top: int) -> list[dict[str, Any]]:
+    """The `top` largest off-diagonal cells: which true class is taken for which, how often."""
+    off_diagonal = matrix.clone().fill_diagonal_(0)
+    counts, flat = off_diagonal.flatten().sort(descending=True)
+    support = matrix.sum(dim=1)
+    pairs = []
+    for count, index in zip(counts.tolist()[:top], flat.tolist()[:top], strict=True):
+        if count == 0:
+            break
+        true, predicted = divmod(index, len(class_names))
+        share = count / max(int(support[true]), 1)
+        pairs.append(
+            {"true": class_names[true], "predicted": class_names[predicted], "count": count, "share": share}
+        )
+    return pairs
+
+
+def write_eval_report(
+    output_dir: Path,
+    summary: Mapping[str, Any],
+    rows: list[dict[str, Any]],
+    pairs: list[dict[str, Any]],
+    figures: Mapping[str, Figure],
+) -> None:
+    """metrics.json, per_class.csv, confused_pairs.csv and one PNG per figure, into `output_dir`."""
+    write_text_whole(output_dir / "metrics.json", json.dumps(summary, indent=2))
+    write_csv_whole(output_dir / "per_class.csv", rows, PER_CLASS_FIELDS)
+    write_csv_whole(output_dir / "confused_pairs.csv", pairs, CONFUSED_FIELDS)
+    for name, figure in figures.items():
+        figure.savefig(output_dir / f"{name}.png", dpi=110, bbox_inches="tight")
+        plt.close(figure)
+
+
+def print_report(
+    metrics: dict[str, float], rows: list[dict[str, Any]], pairs: list[dict[str, Any]], show: int
+) -> None:
+    """The overall metrics, the worst and best classes by F1, and the most confused pairs."""
+    console = Console()
+    overall = Table("metric", "value", title="Test set")
+    for name, value in metrics.items():
+        overall.add_row(name, f"{value:.4f}")
+    console.print(overall)
+
+    shown = rows if len(rows) <= 2 * show else [*rows[:show], None, *rows[-show:]]
+    classes = Table("class", "support", "precision", "recall", "F1", title="Per class, worst F1 first")
+    for row in shown:
+        if row is None:
+            classes.add_row(f"… {len(rows) - 2 * show} more in per_class.csv", "", "", "", "")
+            continue
+        values = (f"{row[key]:.3f}" for key in ("precision", "recall", "f1"))
+        classes.add_row(row["class"], str(row["support"]), *values)
+    console.print(classes)
+
+    confused = Table("true class", "predicted as", "count", "share of true class", title="Most confused")
+    for pair in pairs:
+        confused.add_row(pair["true"], pair["predicted"], str(pair["count"]), f"{pair['share']:.1%}")
+    console.print(confused)

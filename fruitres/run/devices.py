@@ -1,0 +1,45 @@
+"""Which device and precision a run gets: one rule for `auto`, bf16 only where the hardware runs it natively.
+
+bf16-mixed trains ResNet-18 about twice as fast as float32 on a GPU and on a CPU with AVX-512 BF16 or
+AMX, with the same accuracy; a CPU without them emulates bf16 and runs many times slower than float32,
+so there the fastest precision is 32-true (docs/results.md, "Precision").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def uses_cuda(accelerator: str = "auto") -> bool:
+    """Whether Lightning's `accelerator` (cpu, gpu, cuda or auto) runs on a CUDA GPU."""
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX tiles (recent Xeon, Zen 4 and later); private torch probes, False if absent."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def fastest_precision(accelerator: str = "auto") -> str:
+    """The Lightning precision that trains fastest on `accelerator` (cpu, gpu/cuda or auto)."""
+    if uses_cuda(accelerator):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
+def sweep_job_gpu(job_num: int | str) -> str:
+    """The one GPU job `job_num` of a sweep gets: round robin over the GPUs its launcher made visible."""
+    visible = [device for device in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if device]
+    gpu = visible[int(job_num) % len(visible)] if visible else ""
+    log.info("Sweep job %s runs with CUDA_VISIBLE_DEVICES=%s", job_num, gpu)
+    return gpu
+
+
+def gpu_count() -> int:
+    return torch.cuda.device_count()
