@@ -282,9 +282,10 @@ class Project:
         return self.datamodules[key]
 
     def trainer(self, cfg: DictConfig, timer: StepTimer, **limits) -> L.Trainer:
+        feature_cache = cfg.callbacks.get("linear_probe_cache")  # the probe variant's cached features
         return instantiate(
             cfg.trainer,
-            callbacks=[timer],
+            callbacks=[timer, *([instantiate(feature_cache)] if feature_cache else [])],
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,

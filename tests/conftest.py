@@ -13,8 +13,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from fruitres.data.embedded import write_embedded_dataset
+from fruitres.run.third_party_warnings import silence_unactionable_warnings
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+silence_unactionable_warnings()  # as every entry point does; tests calling train() directly see the same
 TINY_IMAGE_SIZE = 32
 
 

@@ -95,7 +95,7 @@ def test_cached_features_give_the_same_logits_as_the_live_backbone(
 
     with torch.no_grad():
         live = model(datamodule.normalize(pixels))
-        from_cache = model.net.fc(features)
+        from_cache = model.forward_head(features)
     torch.testing.assert_close(from_cache, live, rtol=1e-4, atol=1e-5)
     assert torch.equal(labels, images.labels)
 

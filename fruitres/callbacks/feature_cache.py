@@ -68,7 +68,7 @@ def extract_features(
             pixels = torch.from_numpy(np.array(array[start : start + EXTRACT_BATCH_SIZE])).permute(0, 3, 1, 2)
             batch = datamodule.normalize(pixels.to(model.device))
             with trainer.precision_plugin.forward_context():
-                chunks.append(model.features(batch).float().cpu())
+                chunks.append(model.forward_features(batch).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(chunks).numpy()

@@ -7,12 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fruitres.checkpoints.files import CheckpointError, check_checkpoint_file
 from fruitres.data.datamodule import Fruits360DataModule
-from fruitres.data.images import decode_image
 from fruitres.models.classifier import FruitClassifier
 
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
@@ -44,14 +42,6 @@ class LoadedCheckpoint:
             "std": list(self.datamodule.hparams.std),
             "layout": "NCHW float32, normalised as (x - mean) / std per channel",
         }
-
-    def load_image(self, path: str | Path) -> torch.Tensor:
-        """One image file as the uint8 CHW tensor the datamodule batches; raises if it cannot be decoded."""
-        return torch.from_numpy(decode_image(path, self.image_size).copy()).permute(2, 0, 1)
-
-    def inputs(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """uint8 (N, 3, H, W) images → the normalised float batch the network takes."""
-        return self.datamodule.normalize(torch.as_tensor(images))
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:

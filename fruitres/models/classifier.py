@@ -89,8 +89,8 @@ class FruitClassifier(LightningModule):
                 return stage
         return len(STAGES)
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features; no graph is built through the frozen prefix."""
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (timm's name); no graph is built through the frozen prefix."""
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         frozen = self.frozen_prefix()
@@ -102,7 +102,11 @@ class FruitClassifier(LightningModule):
         return torch.flatten(self.net.avgpool(x), 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.fc(self.features(images))
+        return self.forward_head(self.forward_features(images))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from pooled features: what a linear probe on cached features trains."""
+        return self.net.fc(features)
 
     def train(self, mode: bool = True) -> FruitClassifier:
         """Train mode for all but the frozen prefix, whose BatchNorm statistics must not drift."""
@@ -121,7 +125,7 @@ class FruitClassifier(LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
         """Loss and metrics of a batch; the logits go to callbacks (TensorBoard figures, eval reports)."""
         images, labels, *cached_features = batch  # features: see callbacks/feature_cache.py
-        logits = self.net.fc(cached_features[0]) if cached_features else self(images)
+        logits = self.forward_head(cached_features[0]) if cached_features else self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         if stage == "train":

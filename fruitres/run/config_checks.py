@@ -73,7 +73,7 @@ RULES: tuple[Rule, ...] = (
     Rule("model.optimizer.lr", "a number > 0", number_in(0, low_open=True)),
     Rule(
         "ckpt_path",
-        "null, last (this run's newest checkpoint) or an existing checkpoint file",
+        "an existing .ckpt file (train also takes null, or last: the run's newest checkpoint)",
         lambda v: v is None or v == "last" or Path(str(v)).expanduser().is_file(),
     ),
     Rule("format", "onnx or torchscript", one_of(("onnx", "torchscript"))),
@@ -84,11 +84,26 @@ RULES: tuple[Rule, ...] = (
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that cannot run, before any data or model is touched."""
+    _check_required(cfg)
     for rule in RULES:
         value = OmegaConf.select(cfg, rule.key, default=_ABSENT)
         if value is not _ABSENT and not rule.check(value):
             raise ConfigError(f"{rule.key}={value} is not allowed; use {rule.allowed}")
     _check_weights_name(cfg)
+
+
+# What to pass for the keys an entry point's config leaves as ??? (required on the command line).
+REQUIRED_VALUES = {
+    "ckpt_path": "a .ckpt of a training run: ckpt_path=logs/train/runs/<time>/checkpoints/<file>.ckpt",
+    "inputs": "an image, a folder or a glob: inputs=photos/",
+}
+
+
+def _check_required(cfg: DictConfig) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"{key} is required; pass {REQUIRED_VALUES.get(key, f'{key}=<value>')}")
 
 
 def _check_weights_name(cfg: DictConfig) -> None:

@@ -39,11 +39,15 @@ class OneLineError(CompactHydraException):
 def run_task(cfg: DictConfig, job: Job) -> float | None:
     """Run `job(cfg)` as every entry point does; returns the config's `optimized_metric` (for sweepers)."""
     silence_unactionable_warnings()
-    with one_line_errors():
+
+    def checked_job() -> dict[str, float]:
         validate_config(cfg)
         if rank_zero_only.rank == 0:  # DDP ranks > 0 re-run the command in the same run directory
             print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / CONFIG_TREE_FILE)
-        return run_recorded(cfg, lambda: job(cfg))  # run_record.json: status, error, time, metrics
+        return job(cfg)
+
+    with one_line_errors():  # a failed sweep job is recorded and the sweep goes on (run_recorded)
+        return run_recorded(cfg, checked_job)  # run_record.json: status, error, time, metrics
 
 
 @contextmanager
