@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from fruitres.run.record import read_record
+from fruitres.run.task import CONFIG_TREE_FILE
+
 REPO = Path(__file__).resolve().parents[1]
 # Python's and Lightning's warning formats ("<file>.py:<line>: ..."), and WARNING records of any logger.
 WARNING_LINE = re.compile(r"^\S+\.py:\d+: |Warning: |\]\[WARNING\] - ")
@@ -66,12 +69,17 @@ def test_training_on_the_embedded_data_prints_no_warning(embedded_run: tuple[Pat
         ("export", ["format=torchscript"]),
     ],
 )
-def test_eval_predict_and_export_print_no_warning(
-    verb: str, args: list[str], embedded_run: tuple[Path, str]
+def test_eval_predict_and_export_print_no_warning_and_record_their_run(
+    verb: str, args: list[str], embedded_run: tuple[Path, str], tmp_path: Path
 ) -> None:
     root, _ = embedded_run
+    run_dir = tmp_path / verb
     checkpoint_args = [f"ckpt_path={best_checkpoint(root)}", *(arg.format(root=root) for arg in args)]
-    assert unexpected_warnings(run_entry_point(verb, checkpoint_args, root)) == []
+    output = run_entry_point(verb, [*checkpoint_args, f"hydra.run.dir={run_dir}"], root)
+    assert unexpected_warnings(output) == []
+    record = read_record(run_dir)
+    assert record is not None and record["status"] == "ok" and record["metrics"], record
+    assert (run_dir / CONFIG_TREE_FILE).is_file()
 
 
 def test_the_warning_detector_sees_python_lightning_and_logging_warnings() -> None:

@@ -1,0 +1,1 @@
+"""Lightning callbacks: TensorBoard figures, gradual unfreezing, linear-probe features, safety, RNG."""

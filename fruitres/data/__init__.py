@@ -1,0 +1,1 @@
+"""Fruits-360 folders as a LightningDataModule, the embedded dataset, image cache, checks, download."""

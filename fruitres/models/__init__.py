@@ -1,0 +1,1 @@
+"""The LightningModule (FruitClassifier), backbone building and stages, learning-rate schedules."""
