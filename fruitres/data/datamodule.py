@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from fruitres.data.cache import CachedImages, build_image_cache, collate_batch
+from fruitres.data.classes import ClassList, ClassSelection, take_per_class
 from fruitres.data.embedded import write_embedded_dataset
 from fruitres.data.folders import DatasetLayoutError, list_class_names, list_samples
 from fruitres.data.loaders import evaluation_sampler, loader_start_method
@@ -66,7 +67,10 @@ class Fruits360DataModule(LightningDataModule):
         embedded: Mapping | None = None,
         cache_dir: str = "data/cache",
         image_size: int = 100,
+        classes: ClassList = None,
+        exclude_classes: ClassList = None,
         val_fraction: float = 0.1,
+        train_per_class: int | None = None,
         split_seed: int = 42,
         batch_size: int = 64,
         num_workers: int | None = None,
@@ -81,6 +85,7 @@ class Fruits360DataModule(LightningDataModule):
         self.save_hyperparameters(ignore=["augment"], logger=False)
         self.root = Path(data_dir if data_dir is not None else embedded_dir).expanduser()
         self.embedded = data_dir is None
+        self.selection = ClassSelection.from_config(classes, exclude_classes)
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.augment = nn.Sequential(*[t for t in (augment or {}).values() if t is not None])
@@ -90,12 +95,13 @@ class Fruits360DataModule(LightningDataModule):
 
     @property
     def class_names(self) -> list[str]:
+        """The classes this run uses: the Training/ folders that data.classes / exclude_classes select."""
         names = list_class_names(self.root / "Training")
         if not names:
             raise DatasetLayoutError(
                 f"{self.root / 'Training'} has no class folders; see README 'Getting the data'"
             )
-        return names
+        return self.selection.apply(names)
 
     @property
     def num_classes(self) -> int:
@@ -119,9 +125,12 @@ class Fruits360DataModule(LightningDataModule):
             return
         class_to_idx = {name: index for index, name in enumerate(self.class_names)}
         train_all = self._cached_split("Training", class_to_idx)
-        train_idx, val_idx = stratified_split(
-            train_all.labels.numpy(), self.hparams.val_fraction, self.hparams.split_seed
-        )
+        labels = train_all.labels.numpy()
+        train_idx, val_idx = stratified_split(labels, self.hparams.val_fraction, self.hparams.split_seed)
+        # after the validation split: runs with any train_per_class validate on the same images
+        train_idx = train_idx[
+            take_per_class(labels[train_idx], self.hparams.train_per_class, self.hparams.split_seed)
+        ]
         self.datasets = {
             "train": _subset(train_all, train_idx),
             "val": _subset(train_all, val_idx),
@@ -129,7 +138,7 @@ class Fruits360DataModule(LightningDataModule):
         }
 
     def _cached_split(self, split: str, class_to_idx: dict[str, int]) -> CachedImages:
-        samples = list_samples(self.root / split, class_to_idx)
+        samples = list_samples(self.root / split, class_to_idx, skip=self.selection.leaves_out)
         paths = [path for path, _ in samples]
         array_path, unreadable = build_image_cache(
             paths, self.hparams.image_size, Path(self.hparams.cache_dir).expanduser()

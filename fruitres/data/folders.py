@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fruitres.errors import FixableError
@@ -34,13 +35,16 @@ def list_images(class_dir: Path) -> list[Path]:
     return sorted(p for p in class_dir.iterdir() if p.is_file() and is_image_file(p))
 
 
-def list_samples(split_dir: Path, class_to_idx: dict[str, int]) -> list[tuple[Path, int]]:
+def list_samples(
+    split_dir: Path, class_to_idx: dict[str, int], skip: Callable[[str], bool] = lambda name: False
+) -> list[tuple[Path, int]]:
     """(image path, label) pairs of a split, labelled by a class map taken from Training/.
 
     A class folder the map does not know, or an empty class folder, is an error: silently relabelling
-    or dropping it would corrupt the labels.
+    or dropping it would corrupt the labels. Folders that `skip` names (classes the run leaves out) are
+    passed over.
     """
-    names = list_class_names(split_dir)
+    names = [name for name in list_class_names(split_dir) if not skip(name)]
     unknown = [name for name in names if name not in class_to_idx]
     if unknown:
         raise DatasetLayoutError(

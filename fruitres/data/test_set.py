@@ -36,7 +36,7 @@ class CheckpointTestSet(Fruits360DataModule):
                 f"data.data_dir={self.root} has no Test/ folder; pass the folder holding Test/<Class>/*.jpg"
             )
         found = list_class_names(test_dir)
-        unknown = [name for name in found if name not in self.class_names]
+        unknown = [n for n in found if n not in self.class_names and not self.selection.leaves_out(n)]
         if unknown:
             raise DatasetLayoutError(
                 f"{test_dir} has {len(unknown)} class(es) the checkpoint was not trained on: "

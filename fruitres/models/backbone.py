@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
+from fruitres.checkpoints.files import check_checkpoint_file
 from fruitres.errors import FixableError
+
+log = logging.getLogger(__name__)
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 # The ResNet in the order `frozen_stages` counts: the stem, then the four residual stages.
@@ -19,6 +23,11 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("layer3",),
     ("layer4",),
 )
+
+
+HEAD_PREFIX = "fc."  # the classification head of a torchvision ResNet: new for every class list
+NETWORK_PREFIX = "net."  # FruitClassifier.net, in a fruitres checkpoint's state_dict
+BATCHES_TRACKED = "num_batches_tracked"
 
 
 class WeightsUnavailableError(FixableError, RuntimeError):
@@ -45,18 +54,32 @@ def build_resnet(
 
 
 def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load everything but the head, whose shape depends on the classes the weights were trained for."""
-    backbone_state = {key: value for key, value in state.items() if not key.startswith("fc.")}
-    try:
-        missing, unexpected = model.load_state_dict(backbone_state, strict=False)
-    except RuntimeError as error:  # tensors of the wrong shape
-        raise WeightsUnavailableError(f"{source} does not fit this architecture; check model.arch") from error
-    missing = [key for key in missing if not key.startswith("fc.")]
-    if missing or unexpected:
-        raise WeightsUnavailableError(
-            f"{source} does not fit this architecture (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-            "check model.arch"
-        )
+    """Load everything but the head, whose shape depends on the classes the weights were trained for.
+
+    Every backbone tensor must be there with its shape; the first one that is not is named in the error.
+    """
+    expected = {key: value for key, value in model.state_dict().items() if not key.startswith(HEAD_PREFIX)}
+    for key, value in expected.items():
+        if key.endswith(BATCHES_TRACKED):  # absent from older weights files; BatchNorm fills it in
+            continue
+        if key not in state:
+            raise WeightsUnavailableError(
+                f"{source} lacks the backbone tensor {key}; it holds another architecture than model.arch"
+            )
+        if state[key].shape != value.shape:
+            raise WeightsUnavailableError(
+                f"{source}: backbone tensor {key} has shape {tuple(state[key].shape)}, this model.arch needs "
+                f"{tuple(value.shape)}; pass weights of the same architecture"
+            )
+    model.load_state_dict({key: state[key] for key in expected if key in state}, strict=False)
+    left_out = sorted(set(state) - set(expected))
+    log.info(
+        "Loaded %d backbone tensors from %s; left out %d: %s",
+        len(expected),
+        source,
+        len(left_out),
+        ", ".join(left_out) or "none",
+    )
 
 
 def _download_weights(arch: str, name: str) -> dict[str, torch.Tensor]:
@@ -77,12 +100,18 @@ def _download_weights(arch: str, name: str) -> dict[str, torch.Tensor]:
 
 
 def _load_state_dict_file(path: Path, arch: str) -> dict[str, torch.Tensor]:
+    """A torchvision state dict, or a fruitres checkpoint (its network's weights, `net.` prefix removed)."""
     if not path.is_file():
         raise WeightsUnavailableError(
-            f"model.weights_path={path} does not exist; give a {arch} state-dict file"
+            f"model.weights_path={path} does not exist; give a {arch} state-dict file or a fruitres .ckpt"
         )
+    if path.suffix == ".ckpt":
+        check_checkpoint_file(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state)
+    state = state.get("state_dict", state)
+    if any(key.startswith(NETWORK_PREFIX) for key in state):  # a LightningModule's: the network's only
+        state = {k.removeprefix(NETWORK_PREFIX): v for k, v in state.items() if k.startswith(NETWORK_PREFIX)}
+    return state
 
 
 def stage_modules(model: torchvision.models.ResNet, stage: int) -> list[nn.Module]:
