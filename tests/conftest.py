@@ -13,11 +13,15 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from fruitres.data.embedded import write_embedded_dataset
-from fruitres.run.third_party_warnings import silence_unactionable_warnings
+from fruitres.run.third_party_warnings import UNACTIONABLE_WARNINGS
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
-silence_unactionable_warnings()  # as every entry point does; tests calling train() directly see the same
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests silence the library warnings every entry point silences (run/third_party_warnings.py)."""
+    for message, category, module, _why in UNACTIONABLE_WARNINGS:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}:{module}")
 TINY_IMAGE_SIZE = 32
 
 
