@@ -12,6 +12,7 @@ from conftest import CONF_DIR, compose_config, tiny_train_overrides
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from fruitres.run import devices
 from fruitres.run.instantiate import instantiate_callbacks, instantiate_loggers
 
 EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -72,3 +73,12 @@ def test_config_groups_swap_on_the_command_line(
 ) -> None:
     cfg = compose_config("train", [override, *tiny_train_overrides(tiny_dataset, tmp_path)])
     assert OmegaConf.select(cfg, key) == expected
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_no_experiment_asks_for_bf16_on_a_cpu_without_native_bf16(
+    experiment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)  # as on a CPU without AVX-512 BF16/AMX
+    cfg = compose_config("train", [f"experiment={experiment}", "trainer=cpu", f"paths.output_dir={tmp_path}"])
+    assert OmegaConf.to_container(cfg.trainer, resolve=True)["precision"] == "32-true"
