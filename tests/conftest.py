@@ -12,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.data.embedded import write_embedded_dataset
 from fruitres.run.third_party_warnings import UNACTIONABLE_WARNINGS
 
@@ -22,6 +23,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """Tests silence the library warnings every entry point silences (run/third_party_warnings.py)."""
     for message, category, module, _why in UNACTIONABLE_WARNINGS:
         config.addinivalue_line("filterwarnings", f"ignore:{message}:{category.__name__}:{module}")
+
+
 TINY_IMAGE_SIZE = 32
 
 
@@ -32,6 +35,16 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_embedded_dataset(
         root, num_classes=5, train_per_class=40, test_per_class=10, image_size=TINY_IMAGE_SIZE, seed=0
     )
+
+
+def set_up_datamodule(root: Path, tmp_path: Path, **overrides) -> Fruits360DataModule:
+    """A set-up data module of `root` at the tests' image size, caching under `tmp_path`."""
+    kwargs = dict(
+        data_dir=str(root), cache_dir=str(tmp_path / "cache"), image_size=32, batch_size=8, num_workers=0
+    )
+    datamodule = Fruits360DataModule(**(kwargs | overrides))
+    datamodule.setup()
+    return datamodule
 
 
 def compose_config(config_name: str, overrides: list[str] | None = None) -> DictConfig:

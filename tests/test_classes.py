@@ -6,21 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import set_up_datamodule
 
 from fruitres.data.classes import take_per_class
 from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.errors import ConfigError
 
 TRAIN_PER_CLASS = 40  # tiny_dataset: 40 Training images per class, 10 of them (val_fraction 0.25) validate
-
-
-def make_datamodule(root: Path, tmp_path: Path, **overrides) -> Fruits360DataModule:
-    kwargs = dict(
-        data_dir=str(root), cache_dir=str(tmp_path / "cache"), image_size=32, batch_size=8, num_workers=0
-    )
-    datamodule = Fruits360DataModule(**(kwargs | overrides))
-    datamodule.setup()
-    return datamodule
 
 
 def all_names(root: Path) -> list[str]:
@@ -36,7 +28,7 @@ def test_a_class_list_labels_every_split_with_the_selected_classes_in_sorted_ord
 ) -> None:
     names = all_names(tiny_dataset)
     chosen = [names[3], names[1]]
-    datamodule = make_datamodule(tiny_dataset, tmp_path, classes=chosen)
+    datamodule = set_up_datamodule(tiny_dataset, tmp_path, classes=chosen)
 
     assert datamodule.class_names == sorted(chosen)
     for split in ("train", "val", "test"):
@@ -54,8 +46,8 @@ def test_exclude_classes_and_a_class_file_select_the_same_classes(tiny_dataset: 
     names = all_names(tiny_dataset)
     listed = tmp_path / "classes.txt"
     listed.write_text("\n".join(names[:3]) + "\n\n")
-    from_file = make_datamodule(tiny_dataset, tmp_path, classes=str(listed))
-    excluded = make_datamodule(tiny_dataset, tmp_path, exclude_classes=names[3:])
+    from_file = set_up_datamodule(tiny_dataset, tmp_path, classes=str(listed))
+    excluded = set_up_datamodule(tiny_dataset, tmp_path, exclude_classes=names[3:])
     assert from_file.class_names == excluded.class_names == names[:3]
     assert split_labels(from_file, "test") == split_labels(excluded, "test")
 
@@ -68,22 +60,22 @@ def test_unknown_class_names_stop_with_one_line_listing_them_and_close_matches(
     with pytest.raises(
         ConfigError, match=rf"data.classes names 1 class\(es\).*'{misspelt}' \(did you mean '{name}'"
     ):
-        make_datamodule(tiny_dataset, tmp_path, classes=[misspelt])
+        set_up_datamodule(tiny_dataset, tmp_path, classes=[misspelt])
     with pytest.raises(ConfigError, match="data.exclude_classes names 1 class"):
-        make_datamodule(tiny_dataset, tmp_path, exclude_classes=["Durian"])
+        set_up_datamodule(tiny_dataset, tmp_path, exclude_classes=["Durian"])
     with pytest.raises(ConfigError, match="leave no class"):
-        make_datamodule(tiny_dataset, tmp_path, exclude_classes=all_names(tiny_dataset))
+        set_up_datamodule(tiny_dataset, tmp_path, exclude_classes=all_names(tiny_dataset))
     with pytest.raises(ConfigError, match="data.classes=.*nowhere.txt is not a file"):
-        make_datamodule(tiny_dataset, tmp_path, classes=str(tmp_path / "nowhere.txt"))
+        set_up_datamodule(tiny_dataset, tmp_path, classes=str(tmp_path / "nowhere.txt"))
 
 
 @pytest.mark.parametrize("shots", [1, 5, 20])
 def test_train_per_class_keeps_n_per_class_and_leaves_validation_unchanged(
     shots: int, tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    full = make_datamodule(tiny_dataset, tmp_path, val_fraction=0.25)
-    few = make_datamodule(tiny_dataset, tmp_path, val_fraction=0.25, train_per_class=shots)
-    again = make_datamodule(tiny_dataset, tmp_path, val_fraction=0.25, train_per_class=shots)
+    full = set_up_datamodule(tiny_dataset, tmp_path, val_fraction=0.25)
+    few = set_up_datamodule(tiny_dataset, tmp_path, val_fraction=0.25, train_per_class=shots)
+    again = set_up_datamodule(tiny_dataset, tmp_path, val_fraction=0.25, train_per_class=shots)
 
     np.testing.assert_array_equal(few.datasets["val"].rows, full.datasets["val"].rows)
     np.testing.assert_array_equal(few.datasets["train"].rows, again.datasets["train"].rows)
@@ -95,9 +87,9 @@ def test_train_per_class_keeps_n_per_class_and_leaves_validation_unchanged(
 def test_train_per_class_above_what_there_is_keeps_all_and_says_so_once(
     tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    full = make_datamodule(tiny_dataset, tmp_path)
+    full = set_up_datamodule(tiny_dataset, tmp_path)
     caplog.clear()
-    more = make_datamodule(tiny_dataset, tmp_path, train_per_class=10 * TRAIN_PER_CLASS)
+    more = set_up_datamodule(tiny_dataset, tmp_path, train_per_class=10 * TRAIN_PER_CLASS)
     np.testing.assert_array_equal(more.datasets["train"].rows, full.datasets["train"].rows)
     notices = [r for r in caplog.records if "have fewer training images" in r.getMessage()]
     assert len(notices) == 1

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import set_up_datamodule
 from lightning.pytorch import Callback
 from omegaconf import DictConfig, open_dict
 
@@ -20,22 +21,12 @@ from fruitres.callbacks.feature_cache import (
     build_feature_cache,
     feature_cache_path,
 )
-from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.data.folders import list_samples
 from fruitres.data.images import decode_image
 from fruitres.models.classifier import FruitClassifier
 from fruitres.train import train
 
 NUM_CLASSES = 5
-
-
-def make_datamodule(root: Path, tmp_path: Path, **overrides) -> Fruits360DataModule:
-    kwargs = dict(
-        data_dir=str(root), cache_dir=str(tmp_path / "cache"), image_size=32, batch_size=8, num_workers=0
-    )
-    datamodule = Fruits360DataModule(**(kwargs | overrides))
-    datamodule.setup()
-    return datamodule
 
 
 def probe_model(seed: int = 0, **overrides) -> FruitClassifier:
@@ -53,7 +44,7 @@ def cpu_trainer(callbacks: list[Callback] = (), **overrides) -> L.Trainer:
 def test_batched_cache_reads_return_the_decoded_images_and_labels(
     tiny_dataset: Path, tmp_path: Path, num_workers: int
 ) -> None:
-    datamodule = make_datamodule(tiny_dataset, tmp_path, num_workers=num_workers)
+    datamodule = set_up_datamodule(tiny_dataset, tmp_path, num_workers=num_workers)
     class_to_idx = {name: index for index, name in enumerate(datamodule.class_names)}
     samples = list_samples(tiny_dataset / "Training", class_to_idx)
     dataset = datamodule.datasets["val"]
@@ -72,7 +63,7 @@ def test_batched_cache_reads_return_the_decoded_images_and_labels(
 def test_cached_batches_hold_the_pixels_and_labels_the_tutorial_loader_reads(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    datamodule = make_datamodule(tiny_dataset, tmp_path, batch_size=16)
+    datamodule = set_up_datamodule(tiny_dataset, tmp_path, batch_size=16)
     tutorial = torchvision.datasets.ImageFolder(
         str(tiny_dataset / "Test"), transform=torchvision.transforms.ToTensor()
     )
@@ -86,7 +77,7 @@ def test_cached_batches_hold_the_pixels_and_labels_the_tutorial_loader_reads(
 def test_cached_features_give_the_same_logits_as_the_live_backbone(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    datamodule = make_datamodule(tiny_dataset, tmp_path)
+    datamodule = set_up_datamodule(tiny_dataset, tmp_path)
     model = probe_model()
     images = datamodule.datasets["val"]
     cached = ImagesWithFeatures(images, build_feature_cache(model, images, datamodule, cpu_trainer()))
@@ -103,7 +94,7 @@ def test_cached_features_give_the_same_logits_as_the_live_backbone(
 def test_feature_cache_key_follows_data_weights_statistics_normalisation_and_precision(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    datamodule = make_datamodule(tiny_dataset, tmp_path)
+    datamodule = set_up_datamodule(tiny_dataset, tmp_path)
     train_images, test_images = datamodule.datasets["train"], datamodule.datasets["test"]
     model = probe_model(seed=0)
     key = feature_cache_path(train_images, model, "imagenet", "32-true")
@@ -169,7 +160,7 @@ def test_cached_features_reach_loader_workers_started_before_fitting(
 ) -> None:
     # A scheduler asks for the number of steps, which makes Lightning iterate the train loader (starting
     # its persistent worker) while the optimizers are set up, before `on_fit_start`.
-    datamodule = make_datamodule(tiny_dataset, tmp_path, num_workers=1, persistent_workers=True)
+    datamodule = set_up_datamodule(tiny_dataset, tmp_path, num_workers=1, persistent_workers=True)
     model = probe_model(scheduler={"_target_": "fruitres.models.schedules.one_cycle", "pct_start": 0.25})
     items = BatchItems()
     trainer = cpu_trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=1, callbacks=[items])
@@ -184,7 +175,7 @@ class UnfreezeLayer4(Callback):
 
 
 def test_unfreezing_the_backbone_during_a_cached_probe_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
-    datamodule = make_datamodule(tiny_dataset, tmp_path)
+    datamodule = set_up_datamodule(tiny_dataset, tmp_path)
     trainer = cpu_trainer(
         max_epochs=2, limit_train_batches=2, limit_val_batches=1, callbacks=[UnfreezeLayer4()]
     )
@@ -193,7 +184,7 @@ def test_unfreezing_the_backbone_during_a_cached_probe_is_refused(tiny_dataset: 
 
 
 def test_probe_with_training_augmentation_runs_the_live_backbone(tiny_dataset: Path, tmp_path: Path) -> None:
-    datamodule = make_datamodule(tiny_dataset, tmp_path, augment={"hflip": K.RandomHorizontalFlip()})
+    datamodule = set_up_datamodule(tiny_dataset, tmp_path, augment={"hflip": K.RandomHorizontalFlip()})
     trainer = cpu_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(probe_model(), datamodule=datamodule)
     assert not list((tmp_path / "cache").glob("features-*.npy"))
