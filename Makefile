@@ -4,10 +4,16 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+# make transfer: the data, its two class lists (absolute: any working directory), the study's folder
+DATA ?= ../shared/data/fruits360-sample
+CLASSES_A ?= $(CURDIR)/conf/classes/fruits360_a.txt
+CLASSES_B ?= $(CURDIR)/conf/classes/fruits360_b.txt
+NOW := $(shell date +%Y-%m-%d_%H-%M-%S)
+TRANSFER_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/transfer/$(NOW)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format train sweep tensorboard clean bench bench-gpu \
-	eval predict export
+.PHONY: help install test test-slow test-all lint format train sweep transfer tensorboard clean bench \
+	bench-gpu eval predict export
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +49,17 @@ train: $(STAMP) ## run the main job (embedded data); pass overrides with ARGS="e
 sweep: $(STAMP) ## demo sweep, lr x frozen_stages on the embedded data: 4 jobs, then the table of results
 	$(PY) -m fruitres.train -m model.optimizer.lr=1e-3,3e-3 model.frozen_stages=0,3 \
 		data.image_size=64 trainer.max_epochs=3 $(ARGS)
+
+# Source on classes A (TRANSFER_DIR/source), then the grid on classes B from its best checkpoint
+# (TRANSFER_DIR/target): recipe x training images per class, with the sweep table and transfer.png/.csv/.md.
+# ARGS go to both steps, SOURCE_ARGS and TARGET_ARGS to one.
+transfer: $(STAMP) ## transfer study: source on classes A, B by recipe x images/class (~30 min); DATA=<dir>
+	$(PY) -m fruitres.train experiment=transfer_source data.data_dir=$(DATA) data.classes=$(CLASSES_A) \
+		hydra.run.dir=$(TRANSFER_DIR)/source $(ARGS) $(SOURCE_ARGS)
+	source_ckpt=$$(ls $(TRANSFER_DIR)/source/checkpoints/epoch_*.ckpt) && \
+	$(PY) -m fruitres.train experiment=transfer_target hparams_search=transfer data.data_dir=$(DATA) \
+		data.classes=$(CLASSES_B) source_ckpt=$$source_ckpt hydra.sweep.dir=$(TRANSFER_DIR)/target \
+		$(ARGS) $(TARGET_ARGS)
 
 bench: $(STAMP) ## project vs the tutorial's loop, images/s (embedded data); ARGS="--data-dir DIR --json FILE"
 	$(PY) benchmarks/bench.py $(ARGS)

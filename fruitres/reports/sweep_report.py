@@ -39,12 +39,15 @@ def job_overrides(job_dir: Path) -> dict[str, str]:
     return dict(str(override).partition("=")[::2] for override in saved)
 
 
+def job_record(job_dir: Path) -> dict[str, Any]:
+    """The job's run record; a job without one (still running, or killed) gets a status saying so."""
+    return read_record(job_dir) or {"status": "no record (running, or killed)", "metrics": {}}
+
+
 def sweep_rows(sweep_dir: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """One row per job, best first, with the overrides the jobs differ in; and the overrides they share."""
     dirs = job_dirs(sweep_dir)
-    records = [
-        read_record(path) or {"status": "no record (running, or killed)", "metrics": {}} for path in dirs
-    ]
+    records = [job_record(path) for path in dirs]
     overrides = [job_overrides(path) for path in dirs]
     keys = list(dict.fromkeys(key for job in overrides for key in job))
     varying = [key for key in keys if len({job.get(key) for job in overrides}) > 1] or keys

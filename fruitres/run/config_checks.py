@@ -97,11 +97,13 @@ def validate_config(cfg: DictConfig) -> None:
 REQUIRED_VALUES = {
     "ckpt_path": "a .ckpt of a training run: ckpt_path=logs/train/runs/<time>/checkpoints/<file>.ckpt",
     "inputs": "an image, a folder or a glob: inputs=photos/",
+    "source_ckpt": "the source run's best checkpoint: source_ckpt=<run dir>/checkpoints/<file>.ckpt",
 }
 
 
 def _check_required(cfg: DictConfig) -> None:
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    """Top-level ??? keys; read without resolving, since interpolations may need Hydra's runtime."""
+    missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
     if missing:
         key = missing[0]
         raise ConfigError(f"{key} is required; pass {REQUIRED_VALUES.get(key, f'{key}=<value>')}")
