@@ -55,11 +55,13 @@ def best_checkpoint(root: Path) -> Path:
     return checkpoint
 
 
+@pytest.mark.slow  # five real runs: about 2 minutes on 2 cores
 def test_training_on_the_embedded_data_prints_no_warning(embedded_run: tuple[Path, str]) -> None:
     _, output = embedded_run
     assert unexpected_warnings(output) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("verb", "args"),
     [
