@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,23 @@ def colour_histograms(images: np.ndarray) -> np.ndarray:
     white = 63
     counts = np.stack([np.bincount(row[row != white], minlength=64) for row in bins]).astype(np.float64)
     return counts / counts.sum(axis=1, keepdims=True)
+
+
+def look_alike_pairs(num_classes: int) -> list[tuple[str, str]]:
+    """Pairs of classes of one colour that differ in shape alone or in texture alone."""
+    return [
+        (a.name, b.name)
+        for a, b in combinations(embedded._class_specs(num_classes), 2)
+        if a.colour == b.colour and (a.shape == b.shape) != (a.texture == b.texture)
+    ]
+
+
+def test_every_default_class_has_a_look_alike():
+    # the confusion matrix of the default run needs classes to confuse: one colour, one difference
+    pairs = look_alike_pairs(10)
+    assert {name for pair in pairs for name in pair} == set(embedded_class_names(10))
+    differences = {"shape" if a.split()[0] != b.split()[0] else "texture" for a, b in pairs}
+    assert differences == {"shape", "texture"}
 
 
 def test_class_names_are_unique_multi_word_and_stable():

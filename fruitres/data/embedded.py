@@ -4,9 +4,12 @@
 RGB JPEGs of one fruit-like object on a white background, like Fruits-360 frames. Each class is a fixed
 combination of body shape, colour and surface texture, and classes are laid out so that pairs share a
 colour (differing in shape or texture) and neighbours have near hues: mean colour alone does not tell
-them apart. Each image draws its own rotation, scale, position, aspect, lighting, colour jitter and noise
+them apart. Each image draws its own tilt, scale, position, aspect, lighting, colour jitter and noise
 from a generator seeded by (seed, class, split, image), so a tree is reproducible byte for byte and the
-test images are different draws from the same distribution as the training ones.
+test images are different draws from the same distribution as the training ones. Fruits stand roughly
+upright and fill most of the frame, as in Fruits-360 photos, so that outlines (a pear's neck, a
+strawberry's point, an apple's stem and leaf) are cues that a network trained from scratch learns in a
+minute on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from PIL import Image
 from fruitres.data.folders import SPLITS
 
 MARKER_NAME = ".embedded.json"
-GENERATOR_VERSION = 1  # bump whenever the drawing changes, so that trees written before are regenerated
+GENERATOR_VERSION = 2  # bump whenever the drawing changes, so that trees written before are regenerated
 JPEG_QUALITY = 90
 MIN_IMAGE_SIZE = 16
+MAX_TILT = np.deg2rad(40)  # a fruit leans at most this far from upright
+SCALE_RANGE = (0.60, 0.76)  # the body's height as a fraction of the frame's
+ASPECT_RANGE = (0.92, 1.08)  # narrower than the gap between round (Apple) and oval (Plum) outlines
 
 Array = np.ndarray
 
@@ -166,15 +172,15 @@ def _texture_colours(spec: _ClassSpec) -> tuple[Array, Array]:
 
 
 def _draw_pose(rng: np.random.Generator) -> _Pose:
-    """A random placement that keeps the fruit and its stem inside the frame."""
-    scale = rng.uniform(0.48, 0.70)
+    """A random placement, roughly upright, that keeps the fruit and its stem inside the frame."""
+    scale = rng.uniform(*SCALE_RANGE)
     reach = max(0.0, 0.97 - 1.3 * scale)
     return _Pose(
         cx=rng.uniform(-reach, reach),
         cy=rng.uniform(-reach, reach),
-        angle=rng.uniform(0, 2 * np.pi),
+        angle=rng.uniform(-MAX_TILT, MAX_TILT),
         scale=scale,
-        aspect=rng.uniform(0.85, 1.15),
+        aspect=rng.uniform(*ASPECT_RANGE),
     )
 
 
