@@ -9,9 +9,9 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from fruitres.models.backbone import STAGES, stage_modules
+from fruitres.models.backbone import STAGES, stage_modules, stage_name
 
-STAGE_NAMES = tuple(names[0] if len(names) == 1 else "stem" for names in STAGES)
+STAGE_NAMES = tuple(stage_name(stage) for stage in range(len(STAGES)))
 
 
 class GradualUnfreezing(BaseFinetuning):
@@ -19,7 +19,8 @@ class GradualUnfreezing(BaseFinetuning):
 
     With frozen_stages=5 and unfreeze_epochs=[2, 4], the head trains alone for epochs 0-1, layer4 joins at
     epoch 2 and layer3 at epoch 4; stem..layer2 stay frozen. Each stage joins the optimizer as its own
-    parameter group (named after it) at `model.backbone_lr_mult` × the head's learning rate, and the
+    parameter groups (named after it, its biases and BatchNorm weights apart) at the model's `stage_lr`
+    (`backbone_lr_mult` and `layer_lr_decay` applied to the head's learning rate), and the
     learning-rate schedule drives it like the head from then on. A run resumed from a checkpoint gets back
     the groups (BaseFinetuning stores them) and the unfrozen stages of the interrupted run.
     """
@@ -52,7 +53,6 @@ class GradualUnfreezing(BaseFinetuning):
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         """Unfreeze every stage that is due; a stage a resumed run already optimizes is not added twice."""
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        lr = pl_module.hparams.optimizer["lr"] * pl_module.hparams.backbone_lr_mult
         for stage, start_epoch in sorted(self.unfreeze_schedule(pl_module).items(), reverse=True):
             if epoch < start_epoch:
                 continue
@@ -60,7 +60,8 @@ class GradualUnfreezing(BaseFinetuning):
             self.make_trainable(modules)  # a resumed run has the group back (BaseFinetuning), not the flags
             params = [p for module in modules for p in module.parameters()]
             if not any(id(p) in in_optimizer for p in params):
-                optimizer.add_param_group({"name": STAGE_NAMES[stage], "params": params, "lr": lr})
+                for group in pl_module.stage_param_groups(stage):
+                    optimizer.add_param_group(group)
         for config in pl_module.trainer.lr_scheduler_configs:
             follow_added_param_groups(config.scheduler)
 

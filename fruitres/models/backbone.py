@@ -117,3 +117,9 @@ def _load_state_dict_file(path: Path, arch: str) -> dict[str, torch.Tensor]:
 def stage_modules(model: torchvision.models.ResNet, stage: int) -> list[nn.Module]:
     """The modules of stage `stage` (0 = stem, 1..4 = layer1..layer4)."""
     return [getattr(model, name) for name in STAGES[stage]]
+
+
+def stage_name(stage: int) -> str:
+    """Stage `stage`'s name in optimizer groups and learning-rate curves: stem, layer1, ..., layer4."""
+    names = STAGES[stage]
+    return names[0] if len(names) == 1 else "stem"

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from fruitres.models.backbone import STAGES, build_resnet, stage_modules
+from fruitres.models.backbone import STAGES, build_resnet, stage_modules, stage_name
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05}
 
@@ -51,7 +51,10 @@ class FruitClassifier(LightningModule):
         weights_path: str | None = None,
         frozen_stages: int = 0,
         backbone_lr_mult: float = 1.0,
+        layer_lr_decay: float = 1.0,
+        decay_norm_and_bias: bool = False,
         label_smoothing: float = 0.0,
+        mix: Mapping | None = None,
         channels_last: bool = False,
         compile: bool = False,
         optimizer: Mapping | None = None,
@@ -62,9 +65,11 @@ class FruitClassifier(LightningModule):
             raise ValueError(f"model.frozen_stages={frozen_stages} is out of range; use 0..{len(STAGES)}")
         optimizer = _plain(optimizer) or DEFAULT_OPTIMIZER
         scheduler = _plain(scheduler)
+        mix = _plain(mix)
         class_names = list(class_names) if class_names is not None else None
         self.save_hyperparameters()
         self.net = build_resnet(arch, num_classes, weights, weights_path)
+        self.mix = instantiate(mix, num_classes=num_classes) if mix else None  # Mixup/CutMix, training only
         for stage in range(frozen_stages):
             for module in stage_modules(self.net, stage):
                 module.requires_grad_(False)
@@ -125,8 +130,12 @@ class FruitClassifier(LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
         """Loss and metrics of a batch; the logits go to callbacks (TensorBoard figures, eval reports)."""
         images, labels, *cached_features = batch  # features: see callbacks/feature_cache.py
+        targets = labels
+        if stage == "train" and self.mix is not None and not cached_features:
+            images, targets = self.mix(images, labels)  # soft targets; accuracy counts the dominant label
+            labels = targets.argmax(dim=1)
         logits = self.forward_head(cached_features[0]) if cached_features else self(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         if stage == "train":
             metrics(logits.detach(), labels)  # forward(): updates and keeps the batch value for the step log
@@ -168,15 +177,37 @@ class FruitClassifier(LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     # --- optimisation ------------------------------------------------------------------------
+    def stage_lr(self, stage: int) -> float:
+        """Stage `stage`'s lr: head lr × `backbone_lr_mult` × `layer_lr_decay` ^ (distance from the head)."""
+        distance = len(STAGES) - stage  # layer4 is 1 from the head, the stem 5
+        hparams = self.hparams
+        return hparams.optimizer["lr"] * hparams.backbone_lr_mult * hparams.layer_lr_decay**distance
+
+    def _groups(self, name: str, params: Any, lr: float) -> list[dict[str, Any]]:
+        """The trainable `params` at `lr`; their BatchNorm weights and biases apart, without weight decay.
+
+        timm's `filter_bias_and_bn`: a parameter of at most one dimension is a bias or a normalisation
+        scale, which decay would only pull towards zero. `decay_norm_and_bias=true` decays them too.
+        """
+        params = [p for p in params if p.requires_grad]
+        decay_all = self.hparams.decay_norm_and_bias
+        decayed = [p for p in params if decay_all or p.ndim > 1]
+        exempt = [p for p in params if not (decay_all or p.ndim > 1)]
+        groups = [{"name": name, "params": decayed, "lr": lr}] if decayed else []
+        if exempt:
+            groups.append({"name": f"{name}/no_decay", "params": exempt, "lr": lr, "weight_decay": 0.0})
+        return groups
+
+    def stage_param_groups(self, stage: int) -> list[dict[str, Any]]:
+        """The optimizer groups of one backbone stage (what gradual unfreezing adds when it unfreezes it)."""
+        params = [p for module in stage_modules(self.net, stage) for p in module.parameters()]
+        return self._groups(stage_name(stage), params, self.stage_lr(stage))
+
     def param_groups(self) -> list[dict[str, Any]]:
-        """The head at the optimizer's lr, the trainable backbone at `backbone_lr_mult` times it."""
-        lr = self.hparams.optimizer["lr"]
-        head = [p for p in self.net.fc.parameters() if p.requires_grad]
-        head_ids = {id(p) for p in head}
-        backbone = [p for p in self.net.parameters() if p.requires_grad and id(p) not in head_ids]
-        groups = [{"name": "head", "params": head, "lr": lr}]
-        if backbone:
-            groups.append({"name": "backbone", "params": backbone, "lr": lr * self.hparams.backbone_lr_mult})
+        """The head at the optimizer's lr first, then each trainable stage from the top at `stage_lr`."""
+        groups = self._groups("head", self.net.fc.parameters(), self.hparams.optimizer["lr"])
+        for stage in reversed(range(len(STAGES))):
+            groups.extend(self.stage_param_groups(stage))
         return groups
 
     def configure_optimizers(self) -> dict[str, Any]:
