@@ -37,14 +37,19 @@ def replaced_whole(target: Path) -> Iterator[Path]:
     _fsync_folder(target.parent)  # make the rename itself survive a power cut
 
 
+# File names that are not valid UTF-8 (archives made on Windows) reach Python as lone surrogates;
+# "surrogateescape" writes them back as the name's own bytes instead of failing half-way.
+ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+
+
 def write_text_whole(target: Path, text: str) -> None:
     with replaced_whole(target) as partial:
-        partial.write_text(text, encoding="utf-8")
+        partial.write_text(text, **ENCODING)
 
 
 def write_csv_whole(target: Path, rows: Iterable[Mapping[str, Any]], fields: Sequence[str]) -> None:
     """A CSV file with a header of `fields` and one line per row (missing keys left empty)."""
-    with replaced_whole(target) as partial, open(partial, "w", newline="", encoding="utf-8") as file:
+    with replaced_whole(target) as partial, open(partial, "w", newline="", **ENCODING) as file:
         writer = csv.DictWriter(file, fieldnames=list(fields), restval="")
         writer.writeheader()
         writer.writerows(rows)

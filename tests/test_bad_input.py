@@ -109,7 +109,8 @@ def test_problem_folder_trains_end_to_end(problem_tree, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("data.val_fraction=1.5", "data.val_fraction=1.5 is not allowed; use a number ≥ 0 and < 1"),
+        ("data.val_fraction=1.5", "data.val_fraction=1.5 is not allowed; use a number > 0 and < 1"),
+        ("data.val_fraction=0", "data.val_fraction=0 is not allowed; use a number > 0 and < 1, e.g. 0.1"),
         ("data.batch_size=0", "data.batch_size=0 is not allowed; use an integer ≥ 1"),
         ("model.frozen_stages=-1", "model.frozen_stages=-1 is not allowed; use an integer 0..5"),
         ("model.frozen_stages=two", "model.frozen_stages=two is not allowed; use an integer 0..5"),

@@ -13,27 +13,47 @@ import onnxruntime
 import pytest
 import torch
 from conftest import TrainedSweep, compose_config
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fruitres.checkpoints.loading import load_checkpoint
+from fruitres.data.cache import build_image_cache
 from fruitres.data.image_files import ImageFiles
+from fruitres.data.images import DECODING
 from fruitres.export import export
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def consumer_pixels(path: Path, size: int) -> np.ndarray:
+    """An RGB JPEG decoded as model.json's `preprocessing.decoding` says, with Pillow alone."""
+    with Image.open(path) as image:
+        rgb = ImageOps.exif_transpose(image).convert("RGB")
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(rgb)
+
+
 def consumer_inputs(images: list[Path], meta: dict) -> np.ndarray:
-    """What a program without fruitres does with model.json: resize, scale, normalise, NCHW."""
+    """What a program without fruitres does with model.json: decode, resize, scale, normalise, NCHW."""
     pre = meta["preprocessing"]
-    size = pre["image_size"]
-    arrays = [
-        np.asarray(
-            Image.open(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.float32
-        )
-        for path in images
-    ]
+    arrays = [consumer_pixels(path, pre["image_size"]).astype(np.float32) for path in images]
     batch = (np.stack(arrays) / 255 - np.array(pre["mean"], np.float32)) / np.array(pre["std"], np.float32)
     return batch.transpose(0, 3, 1, 2).astype(np.float32)
+
+
+@pytest.mark.parametrize("size", [32, 48, 100])
+def test_documented_decoding_gives_the_pixels_training_and_predict_see(tmp_path: Path, size: int) -> None:
+    """One decoding rule: the training cache, predict and model.json's recipe agree pixel for pixel."""
+    photo = tmp_path / "photo.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(photo, quality=90)
+    assert "BILINEAR" in DECODING and "exif_transpose" in DECODING
+    (cache_file, unreadable) = build_image_cache([photo], size, tmp_path / "cache")
+    predicted = ImageFiles([photo], size)[0][0].permute(1, 2, 0).numpy()
+    expected = consumer_pixels(photo, size)
+    assert unreadable == []
+    assert np.array_equal(np.load(cache_file)[0], expected)
+    assert np.array_equal(predicted, expected)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +82,7 @@ def test_onnx_export_gives_the_lightning_modules_logits_from_its_json_alone(
     trained_sweep: TrainedSweep, generated_images: list[Path], tmp_path: Path
 ) -> None:
     model_file, meta = exported(trained_sweep.checkpoint, tmp_path, "onnx")
+    assert meta["preprocessing"]["decoding"] == DECODING
     assert model_file.name == "model.onnx" and meta["model_file"] == "model.onnx"
     assert meta["class_names"] == sorted(p.parent.name for p in generated_images)
 

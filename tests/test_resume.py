@@ -85,6 +85,13 @@ def test_last_picks_the_newer_of_the_epoch_end_and_the_ctrl_c_checkpoint(tmp_pat
     assert resume_point(resume_config(tmp_path)) == ResumePoint(folder / "last.ckpt", 8)
 
 
+def test_last_without_last_ckpt_resumes_from_the_newest_other_checkpoint(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    save_checkpoint(folder / "epoch_001.ckpt", 2)
+    save_checkpoint(folder / "epoch_002.ckpt", 3)
+    assert resume_point(resume_config(tmp_path)) == ResumePoint(folder / "epoch_002.ckpt", 3)
+
+
 WRITER = """
 import sys, torch
 from fruitres.checkpoints.files import AtomicCheckpointIO
@@ -204,3 +211,24 @@ def test_resume_from_a_cut_off_last_checkpoint_stops_with_one_line(
     assert "Traceback" not in output
     (line,) = [line for line in output.splitlines() if "is truncated or not a checkpoint" in line]
     assert str(last) in line and "continue from another checkpoint there (epoch_" in line
+
+
+@pytest.mark.slow
+def test_resume_without_last_ckpt_continues_from_the_best_epoch_and_keeps_its_files(
+    uninterrupted: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    (run_dir / "checkpoints" / "last.ckpt").unlink()
+    (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
+    best_step = torch.load(best, weights_only=True)["global_step"]
+    status, output = run_train([f"resume={run_dir}", f"trainer.max_epochs={EPOCHS + 1}"], tmp_path)
+
+    assert status == 0, output[-3000:]
+    assert f"resuming from {best.name}, the newest checkpoint there" in output
+    assert f"Resuming from {best} (step {best_step})" in output
+    assert "training from the start" not in output
+    before, after = scalars(uninterrupted)["train/loss_step"], scalars(run_dir)["train/loss_step"]
+    kept = [point for point in after if point[0] < best_step]
+    assert kept and kept == [point for point in before if point[0] < best_step]  # not purged from step 0
+    assert max(step for step, _ in after) > max(step for step, _ in before)  # and one epoch more

@@ -23,7 +23,8 @@ from fruitres.files import replaced_whole, write_text_whole
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: one decoding rule (no reduced-scale JPEG decoding), 16-bit images scaled
+CACHE_PREFIX = "images-"
 
 
 def cache_key(paths: Sequence[Path], image_size: int) -> str:
@@ -31,8 +32,13 @@ def cache_key(paths: Sequence[Path], image_size: int) -> str:
     digest = hashlib.sha256(f"v{CACHE_FORMAT}:{image_size}".encode())
     for path in paths:
         stat = path.stat()
-        digest.update(f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        digest.update(b"\0" + os.fsencode(path) + f"\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:24]
+
+
+def cache_key_of(array_path: Path) -> str:
+    """The key of an image cache file (its name is images-<key>.npy): the fingerprint of its split."""
+    return Path(array_path).stem.removeprefix(CACHE_PREFIX)
 
 
 def _decode_or_none(path: Path, image_size: int) -> np.ndarray | None:
@@ -48,7 +54,7 @@ def build_image_cache(paths: Sequence[Path], image_size: int, cache_dir: Path) -
     Rows of unreadable files are left black; callers decide whether to skip them or stop.
     """
     key = cache_key(paths, image_size)
-    array_path = cache_dir / f"images-{key}.npy"
+    array_path = cache_dir / f"{CACHE_PREFIX}{key}.npy"
     meta_path = array_path.with_suffix(".json")
     if array_path.exists() and meta_path.exists():
         return array_path, json.loads(meta_path.read_text())["unreadable"]

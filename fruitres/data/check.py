@@ -101,7 +101,11 @@ def check_dataset(root: Path, workers: int | None = None) -> dict[str, Any]:
     if missing:
         return _finish(report)
 
-    scans = {split: scan_split(root / split) for split in SPLITS}
+    try:
+        scans = {split: scan_split(root / split) for split in SPLITS}
+    except DatasetLayoutError as error:  # a folder that cannot be listed as classes
+        errors.append(str(error))
+        return _finish(report)
     paths = [p for split in SPLITS for files in scans[split][0].values() for p in files]
     infos = dict(zip(paths, inspect_all(paths, workers), strict=True))
     report["ignored"] = [_rel(p, root) + "/" * p.is_dir() for split in SPLITS for p in scans[split][1]]

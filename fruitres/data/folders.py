@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +28,22 @@ def list_class_names(split_dir: Path) -> list[str]:
             f"{split_dir} is not a folder; data.data_dir must hold Training/<Class>/*.jpg and "
             "Test/<Class>/*.jpg"
         )
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in names:
+        _check_class_name(split_dir, name)
+    return names
+
+
+def _check_class_name(split_dir: Path, name: str) -> None:
+    """Class names become labels in figures, reports and exported metadata, so they must be text."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        raise DatasetLayoutError(
+            f"{split_dir}/{shown}: the folder name is not valid UTF-8 (an archive made on Windows?); "
+            f"rename it in UTF-8, e.g. convmv -f cp1252 -t utf-8 -r --notest {split_dir}"
+        ) from None
 
 
 def list_images(class_dir: Path) -> list[Path]:

@@ -1,4 +1,5 @@
-"""Turning any image file into the uint8 RGB array the models see."""
+"""Turning any image file into the uint8 RGB array the models see: the one decoding rule of training,
+evaluation, prediction and the exported model's documented preprocessing (`DECODING`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ import numpy as np
 from PIL import Image, ImageOps
 
 WHITE = (255, 255, 255)
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit greyscale (PNG, TIFF)
+DECODING = (
+    "Pillow: Image.open, ImageOps.exif_transpose, 16-bit greyscale scaled to 8 bits (value / 257, rounded), "
+    "transparency composited over white, convert('RGB'), then Image.resize((image_size, image_size), "
+    "Image.Resampling.BILINEAR) unless the image already has that size"
+)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB of any PIL mode; transparency is composited over white, the Fruits-360 background."""
     image = ImageOps.exif_transpose(image)
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        image = _to_8_bit(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*WHITE, 255))
@@ -20,10 +29,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale to 8 bits by scaling; PIL's own convert clips every value above 255 to white."""
+    values = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(values / 257), 0, 255).astype(np.uint8), mode="L")
+
+
 def decode_image(path: str | Path, image_size: int) -> np.ndarray:
-    """Decode one file to a (image_size, image_size, 3) uint8 array; PIL raises on unreadable files."""
+    """Decode one file to a (image_size, image_size, 3) uint8 array by `DECODING`; PIL raises on bad files."""
     with Image.open(path) as image:
-        image.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced scale when shrinking
         rgb = to_rgb(image)
         if rgb.size != (image_size, image_size):
             rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)

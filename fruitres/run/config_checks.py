@@ -58,7 +58,11 @@ def optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 RULES: tuple[Rule, ...] = (
     Rule("seed", "an integer", _is_int),
     Rule("data.image_size", f"an integer ≥ {MIN_IMAGE_SIZE}", int_at_least(MIN_IMAGE_SIZE)),
-    Rule("data.val_fraction", "a number ≥ 0 and < 1", number_in(0, 1)),
+    Rule(
+        "data.val_fraction",
+        "a number > 0 and < 1, e.g. 0.1: the best checkpoint and val/acc_best come from that split",
+        number_in(0, 1, low_open=True),
+    ),
     Rule("data.train_per_class", "null (all) or an integer ≥ 1", optional(int_at_least(1))),
     Rule("data.batch_size", "an integer ≥ 1", int_at_least(1)),
     Rule("data.num_workers", "null (automatic) or an integer ≥ 0", optional(int_at_least(0))),

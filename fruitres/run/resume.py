@@ -3,7 +3,8 @@
 ``python -m fruitres.train resume=<run dir> [overrides]`` re-runs the command with the run's saved
 overrides (``<run dir>/.hydra/overrides.yaml``), then the new ones, ``ckpt_path=last`` and
 ``hydra.run.dir=<run dir>``; ``ckpt_path=last`` picks the newer of ``checkpoints/last.ckpt`` (the end of
-the last finished epoch) and ``checkpoints/interrupted.ckpt`` (written on Ctrl-C).
+the last finished epoch) and ``checkpoints/interrupted.ckpt`` (written on Ctrl-C); without either, the
+newest other checkpoint there (the best epoch's), so a finished epoch is never trained again from scratch.
 """
 
 from __future__ import annotations
@@ -59,10 +60,17 @@ def resume_point(cfg: DictConfig) -> ResumePoint | None:
     if value == "last":
         folder = Path(cfg.paths.output_dir) / CHECKPOINT_DIR
         _remove_partial_files(folder)
-        checkpoint = newest_checkpoint([folder], RESUMABLE)
+        checkpoint = newest_checkpoint([folder], RESUMABLE) or newest_checkpoint([folder])
         if checkpoint is None:
             log.warning("No checkpoint in %s yet: training from the start in the same run directory", folder)
             return ResumePoint(None, 0)
+        if checkpoint.name not in RESUMABLE:  # last.ckpt deleted or lost: a best checkpoint is whole too
+            log.warning(
+                "No %s in %s: resuming from %s, the newest checkpoint there",
+                RESUMABLE[0],
+                folder,
+                checkpoint.name,
+            )
     else:
         checkpoint = Path(value).expanduser()  # validate_config checked that it exists
     check_checkpoint_file(checkpoint)
