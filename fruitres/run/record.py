@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -22,11 +23,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from fruitres.checkpoints.files import CHECKPOINT_DIR, LAST
+from fruitres.errors import FixableError
 from fruitres.files import write_text_whole
 
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "run_record.json"
+TRACEBACK_FILE = "traceback.txt"  # a failed sweep job's traceback, when its error is not a FixableError
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:
@@ -86,11 +89,24 @@ def run_recorded(cfg: DictConfig, job: Callable[[], dict[str, float]]) -> float 
         _finish(run_dir, record, started)
         if not in_sweep:
             raise
-        log.exception("Job %s failed; the sweep goes on (the error is in %s)", run_dir, RECORD_FILE)
+        log.error(
+            "Job %s failed, the sweep goes on: %s%s",
+            run_dir,
+            record["error"],
+            _traceback_note(run_dir, error),
+        )
         return None
     record |= {"status": "ok", "error": None, "metrics": metrics}
     _finish(run_dir, record, started)
     return metrics.get(metric)
+
+
+def _traceback_note(run_dir: Path, error: Exception) -> str:
+    """A bug's traceback goes to a file beside the record; an error the user can fix is its one line."""
+    if isinstance(error, FixableError) or isinstance(error.__cause__, FixableError):
+        return ""
+    write_text_whole(run_dir / TRACEBACK_FILE, "".join(traceback.format_exception(error)))
+    return f" (traceback in {run_dir / TRACEBACK_FILE})"
 
 
 def _finish(run_dir: Path, record: dict[str, Any], started: float) -> None:

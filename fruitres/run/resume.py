@@ -10,6 +10,7 @@ newest other checkpoint there (the best epoch's), so a finished epoch is never t
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,16 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from fruitres.checkpoints.files import CHECKPOINT_DIR, RESUMABLE, check_checkpoint_file, newest_checkpoint
 from fruitres.files import PARTIAL_SUFFIX
+from fruitres.run.record import RECORD_FILE
 
 log = logging.getLogger(__name__)
 
 RESUME_PREFIX = "resume="
+RUN_DIR_PREFIX = "hydra.run.dir="
 
 
 def expand_resume_argv(argv: list[str]) -> list[str]:
     """Rewrite `resume=<run dir>` into the overrides that continue that run; other command lines pass."""
     given = [arg for arg in argv[1:] if arg.startswith(RESUME_PREFIX)]
     if not given:
+        _refuse_finished_run_dir(argv)
         return argv
     run_dir = Path(given[-1].removeprefix(RESUME_PREFIX)).expanduser().resolve()
     saved = run_dir / ".hydra" / "overrides.yaml"
@@ -44,6 +48,20 @@ def expand_resume_argv(argv: list[str]) -> list[str]:
     # Hydra applies overrides in order, so a later value of the same key wins.
     previous = [str(item) for item in OmegaConf.load(saved)]
     return [argv[0], *flags, *previous, "ckpt_path=last", *overrides, f"hydra.run.dir={run_dir}"]
+
+
+def _refuse_finished_run_dir(argv: list[str]) -> None:
+    """A fresh run given the `hydra.run.dir` of a run that saved checkpoints would overwrite them."""
+    run_dirs = [arg.removeprefix(RUN_DIR_PREFIX) for arg in argv[1:] if arg.startswith(RUN_DIR_PREFIX)]
+    continuing = any(arg.startswith("ckpt_path=") for arg in argv[1:])
+    if not run_dirs or continuing or os.environ.get("LOCAL_RANK", "0") != "0":  # DDP ranks join rank 0's run
+        return
+    run_dir = Path(run_dirs[-1]).expanduser()
+    if (run_dir / RECORD_FILE).is_file() or any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")):
+        raise SystemExit(
+            f"hydra.run.dir={run_dir} already holds a run (its checkpoints and record); continue it with "
+            f"resume={run_dir}, or give a new hydra.run.dir"
+        )
 
 
 @dataclass(frozen=True)

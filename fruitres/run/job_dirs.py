@@ -1,0 +1,55 @@
+"""Where each job of a sweep runs: a job directory only ever holds runs of its own overrides.
+
+Hydra names a sweep's job directories by job number. A sweep relaunched into the same `hydra.sweep.dir`
+with other values would then put, say, a `frozen_stages=0` run into the directory of an earlier
+`frozen_stages=1` job, over its checkpoints and TensorBoard events. `conf/hydra/default.yaml` names the
+directories with `sweep_job_subdir` instead: the directory that already holds this job's overrides (so a
+relaunch continues or reuses it), else the job number when that is free, else the next free number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"  # Hydra writes it into every job directory at its start
+
+
+def sweep_job_subdir(sweep_dir: str, job_num: int, overrides: Sequence[str]) -> str:
+    """The job's directory name under `sweep_dir`, claimed by writing its overrides there first."""
+    sweep = Path(sweep_dir)
+    wanted = [str(override) for override in overrides]
+    taken = {path.name for path in sweep.iterdir() if path.is_dir()} if sweep.is_dir() else set()
+    for name in sorted(taken, key=_job_order):
+        if _saved_overrides(sweep / name) == wanted:
+            return name
+    number = int(job_num)
+    while True:
+        name = str(number)
+        if name not in taken and _claim(sweep / name, wanted):
+            return name
+        number = max(number + 1, len(taken))
+
+
+def _job_order(name: str) -> tuple[int, str]:
+    return len(name), name  # 2 before 10
+
+
+def _saved_overrides(job_dir: Path) -> list[str] | None:
+    try:
+        return [str(item) for item in OmegaConf.load(job_dir / OVERRIDES_FILE)]
+    except (OSError, ValueError):  # no job there yet, or one being claimed by a parallel launcher
+        return None
+
+
+def _claim(job_dir: Path, overrides: list[str]) -> bool:
+    """Create the job directory with its overrides; False when another job created it meanwhile."""
+    try:
+        job_dir.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    (job_dir / OVERRIDES_FILE).parent.mkdir()
+    OmegaConf.save(OmegaConf.create(overrides), job_dir / OVERRIDES_FILE)
+    return True

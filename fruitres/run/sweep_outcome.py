@@ -1,0 +1,89 @@
+"""How a sweep ends: its table written after every job, and a non-zero exit status with one line when any
+job of this launch failed.
+
+A failed job is recorded and the sweep goes on (`fruitres/run/record.py`), so without this callback a sweep
+whose every job failed would exit 0, and an Optuna sweep with no finished trial would stop inside the
+sweeper (`No trials are completed yet`) before any table was written.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from fruitres.reports.sweep_report import MARKDOWN_FILE, job_dirs, write_sweep_report
+from fruitres.run.job_dirs import OVERRIDES_FILE
+from fruitres.run.record import read_record
+
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+SWEEP_FAILED_EXIT_STATUS = 1
+
+
+def jobs_started_since(sweep_dir: Path, since: float) -> list[Path]:
+    """The job directories this launch ran in: Hydra rewrites a job's overrides file when it starts it."""
+    return [path for path in job_dirs(sweep_dir) if (path / OVERRIDES_FILE).stat().st_mtime >= since]
+
+
+def failure_summary(sweep_dir: Path, since: float) -> str | None:
+    """One line on the jobs since `since` that did not finish ok, or None when every one did."""
+    jobs = jobs_started_since(sweep_dir, since)
+    records = {path.name: read_record(path) or {"status": "no record", "error": None} for path in jobs}
+    failed = {name: record for name, record in records.items() if record["status"] != "ok"}
+    if not failed:
+        return None
+    name, first = next(iter(failed.items()))
+    reason = first["error"] or first["status"]
+    return (
+        f"{len(failed)} of {len(jobs)} jobs of this sweep failed (job {name}: {reason}); "
+        f"each job's error is in {sweep_dir / MARKDOWN_FILE}"
+    )
+
+
+def exit_failed(summary: str) -> None:
+    """End the sweep with its one line and status 1 (Hydra turns exceptions in callbacks into warnings)."""
+    sys.stderr.write(summary + "\n")
+    raise SystemExit(SWEEP_FAILED_EXIT_STATUS)
+
+
+class SweepOutcome(Callback):
+    """Hydra callback (conf/hydra/default.yaml): the table after every job, the exit status at the end."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time() - 1  # file times may be rounded to the second
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        write_sweep_report(sweep_dir)
+        if _is_last_optuna_trial(config) and not _any_ok(sweep_dir, self.started):
+            # Optuna's sweeper raises "No trials are completed yet" right after this trial; stop first.
+            exit_failed(failure_summary(sweep_dir, self.started) or "no Optuna trial finished")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        summary = failure_summary(Path(config.hydra.sweep.dir), self.started)
+        if summary:
+            exit_failed(summary)
+
+
+def _is_last_optuna_trial(config: DictConfig) -> bool:
+    sweeper = config.hydra.sweeper
+    return sweeper.get("_target_") == OPTUNA_SWEEPER and config.hydra.job.num == sweeper.n_trials - 1
+
+
+def _any_ok(sweep_dir: Path, since: float) -> bool:
+    return any(
+        (read_record(path) or {}).get("status") == "ok" for path in jobs_started_since(sweep_dir, since)
+    )
