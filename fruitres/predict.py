@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
 from fruitres.checkpoints.loading import load_checkpoint
-from fruitres.data.folders import is_image_file
+from fruitres.data.folders import IMAGE_EXTENSIONS, is_image_file
 from fruitres.data.image_files import ImageFilesDataModule
 from fruitres.errors import ConfigError
 from fruitres.reports.predictions import Prediction, TopKPredictions, print_predictions, write_predictions
@@ -32,7 +32,13 @@ def expand_inputs(inputs: str | Sequence[str]) -> list[Path]:
     for pattern in patterns:
         path = Path(pattern).expanduser()
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
+            images = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            if not images:
+                raise ConfigError(
+                    f"inputs={pattern} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                    "give a folder of images, an image or a glob"
+                )
+            files.extend(images)
         elif path.is_file():
             files.append(path)
         else:

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import torch
 import torchvision
+from lightning.fabric.connector import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 from omegaconf import DictConfig, OmegaConf
 
 from fruitres.data.datamodule import BAD_IMAGE_POLICIES
@@ -21,6 +23,11 @@ from fruitres.errors import ConfigError
 from fruitres.models.backbone import ARCHS, STAGES
 
 _ABSENT = object()
+PRECISIONS = tuple(  # what lightning.Trainer(precision=...) takes
+    value
+    for kind in (_PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS, _PRECISION_INPUT_INT)
+    for value in get_args(kind)
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,13 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("format", "onnx or torchscript", one_of(("onnx", "torchscript"))),
     Rule("top_k", "an integer ≥ 1", int_at_least(1)),
+    Rule(
+        "trainer.accelerator",
+        "cpu or auto here: this machine has no CUDA GPU (torch.cuda.is_available() is False); trainer=auto "
+        "takes a GPU where there is one",
+        lambda v: v not in ("gpu", "cuda") or torch.cuda.is_available(),
+    ),
+    Rule("trainer.precision", "one of " + ", ".join(dict.fromkeys(map(str, PRECISIONS))), one_of(PRECISIONS)),
     Rule("trainer.max_epochs", "an integer ≥ 1, or -1 for no limit", lambda v: v == -1 or int_at_least(1)(v)),
 )
 

@@ -8,6 +8,7 @@ status 1; with ``HYDRA_FULL_ERROR=1`` the full traceback, original error include
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from pathlib import Path
 import rich.syntax
 import rich.tree
 from hydra.errors import CompactHydraException, InstantiationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -61,6 +63,9 @@ def one_line_errors() -> Iterator[None]:
     except InstantiationException as error:
         if isinstance(error.__cause__, FixableError):
             raise OneLineError(str(error.__cause__)) from error
+        if isinstance(error.__cause__, MisconfigurationException):  # Lightning's word for a bad setting
+            key = re.search(r"full_key: (\S+)", str(error))
+            raise OneLineError(f"{key.group(1) if key else 'config'}: {error.__cause__}") from error
         raise
     except KeyboardInterrupt:
         print("Interrupted (Ctrl-C) outside training: nothing to save", file=sys.stderr)
