@@ -84,8 +84,21 @@ def test_report_finds_each_planted_problem(tmp_path: Path) -> None:
         "cannot be decoded",
         "3 size/mode",
         "25.0%",
+        "1 classes have one readable Training image, so none of it validates: Kiwi",
     ):
         assert fragment in warnings
+    assert report["single_image_classes"] == ["Kiwi"] and report["relabelled_copies"] == []
+
+
+def test_identical_training_images_under_two_classes_are_flagged_as_label_noise(tmp_path: Path) -> None:
+    root = make_clean_tree(tmp_path / "fruits")
+    shutil.copy(root / "Training/Apple/0.jpg", root / "Training/Banana/also_apple.jpg")
+    report = check_dataset(root)
+    assert report["trainable"]
+    assert report["relabelled_copies"] == [["Training/Apple/0.jpg", "Training/Banana/also_apple.jpg"]]
+    assert any(
+        "identical images sit in several Training classes (label noise)" in w for w in report["warnings"]
+    )
 
 
 def test_same_bytes_under_another_label_is_flagged(tmp_path: Path) -> None:

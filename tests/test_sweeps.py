@@ -144,7 +144,8 @@ def sweep_with_a_failing_job(
     root = tmp_path_factory.mktemp("failing-sweep")
     args = ["-m", *tiny_job_overrides(tiny_dataset), "model.frozen_stages=5,9"]
     result = launch(root, *args)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # a job failed: the sweep says so, after its table
+    assert result.stderr.splitlines()[-1].startswith("1 of 2 jobs of this sweep failed (job 1: ConfigError")
     return root, args
 
 
@@ -171,7 +172,7 @@ def test_relaunched_sweep_skips_finished_jobs_and_reruns_the_others(
 
     result = launch(root, *args, f"hydra.sweep.dir={sweep_dir}")
 
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # job 1 ran again, and failed again
     assert finished.stat().st_mtime_ns == finished_before
     assert "already finished" in result.stdout + result.stderr
     assert read_record(failed.parent)["started_at"] != "before the relaunch"

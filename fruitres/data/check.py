@@ -1,8 +1,9 @@
 """Report on a Fruits-360-style dataset folder: ``python -m fruitres.data.check <dir> [--json]``.
 
 Counts classes and images per split, opens every image with PIL, lists unreadable, empty and ignored files,
-tallies image sizes and modes, and measures how many Test images are byte-for-byte copies of Training
-images. Exits 1 when the folder cannot be trained on, 0 otherwise (warnings allowed).
+tallies image sizes and modes, measures how many Test images are byte-for-byte copies of Training images,
+and finds what trains but silently degrades: classes with a single image, identical images under two classes.
+Exits 1 when the folder cannot be trained on, 0 otherwise (warnings allowed).
 """
 
 from __future__ import annotations
@@ -125,6 +126,10 @@ def check_dataset(root: Path, workers: int | None = None) -> dict[str, Any]:
         for (size, mode), n in formats.most_common()
     ]
     report["overlap"] = _overlap(scans[TRAIN][0], scans[TEST][0], infos, root)
+    report["single_image_classes"] = sorted(
+        name for name, files in scans[TRAIN][0].items() if sum(infos[p].error is None for p in files) == 1
+    )
+    report["relabelled_copies"] = _relabelled_copies(scans[TRAIN][0], infos, root)
 
     if report["only_in_test"]:
         errors.append(f"{TEST}/ has classes that {TRAIN}/ lacks: {', '.join(report['only_in_test'])}")
@@ -151,6 +156,17 @@ def _warnings(report: dict[str, Any], n_formats: int) -> list[str]:
         warnings.append(
             f"{overlap['in_training']} of {overlap['test_images']} {TEST} images ({overlap['percent']}%) are "
             f"exact copies of {TRAIN} images, so test accuracy is optimistic"
+        )
+    if report["single_image_classes"]:
+        names = report["single_image_classes"]
+        warnings.append(
+            f"{len(names)} classes have one readable {TRAIN} image, so none of it validates: {_some(names)}"
+        )
+    if report["relabelled_copies"]:
+        first = report["relabelled_copies"][0]
+        warnings.append(
+            f"{len(report['relabelled_copies'])} identical images sit in several {TRAIN} classes "
+            f"(label noise), e.g. {', '.join(first)}; keep each in its right class only"
         )
     if overlap["cross_class"]:
         warnings.append(f"{overlap['cross_class']} identical images carry different labels in the two splits")
@@ -209,6 +225,20 @@ def _overlap(
         "cross_class": sum(not pair["same_class"] for pair in pairs),
         "pairs": pairs,
     }
+
+
+def _relabelled_copies(
+    train: dict[str, list[Path]], infos: dict[Path, ImageInfo], root: Path
+) -> list[list[str]]:
+    """Groups of byte-identical Training images filed under more than one class."""
+    by_hash: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for name, files in train.items():
+        for p in files:
+            if infos[p].sha256:
+                by_hash[infos[p].sha256].append((name, p))
+    return [
+        [_rel(p, root) for _, p in copies] for copies in by_hash.values() if len({n for n, _ in copies}) > 1
+    ]
 
 
 def _hint(root: Path) -> str:
