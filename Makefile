@@ -13,7 +13,7 @@ TRANSFER_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/transfer/$(NOW)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow test-all lint format train sweep transfer tensorboard clean bench \
-	bench-gpu eval predict export
+	bench-gpu eval predict export seeds
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,mlflow]"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package (editable) with its dev tools
@@ -49,6 +49,9 @@ train: $(STAMP) ## run the main job (embedded data); pass overrides with ARGS="e
 sweep: $(STAMP) ## demo sweep, lr x frozen_stages on the embedded data: 4 jobs, then the table of results
 	$(PY) -m fruitres.train -m model.optimizer.lr=1e-3,3e-3 model.frozen_stages=0,3 \
 		data.image_size=64 trainer.max_epochs=3 $(ARGS)
+
+seeds: $(STAMP) ## one recipe over seeds 0,1,2: the jobs' table and mean ± std per configuration; ARGS="experiment=..."
+	$(PY) -m fruitres.train -m seed=0,1,2 $(ARGS)
 
 # Source on classes A (TRANSFER_DIR/source), then the grid on classes B from its best checkpoint
 # (TRANSFER_DIR/target): recipe x training images per class, with the sweep table and transfer.png/.csv/.md.

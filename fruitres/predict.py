@@ -17,6 +17,7 @@ from fruitres.data.folders import is_image_file
 from fruitres.data.image_files import ImageFilesDataModule
 from fruitres.errors import ConfigError
 from fruitres.reports.predictions import Prediction, TopKPredictions, print_predictions, write_predictions
+from fruitres.run.provenance import note_trainer
 from fruitres.run.task import run_task
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def predict(cfg: DictConfig) -> list[Prediction]:
     top_k = TopKPredictions(paths, checkpoint.class_names, cfg.top_k)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[top_k], logger=False)
     trainer.predict(checkpoint.model, datamodule=files, return_predictions=False)
+    note_trainer(trainer)
 
     predictions = top_k.predictions
     print_predictions(predictions, cfg.max_rows)
