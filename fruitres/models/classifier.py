@@ -15,6 +15,8 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from fruitres.models.backbone import STAGES, build_resnet, stage_modules, stage_name
+from fruitres.models.schedules import max_time_fraction
+from fruitres.models.tta import tta_log_probs
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05}
 
@@ -70,6 +72,7 @@ class FruitClassifier(LightningModule):
         self.save_hyperparameters()
         self.net = build_resnet(arch, num_classes, weights, weights_path)
         self.mix = instantiate(mix, num_classes=num_classes) if mix else None  # Mixup/CutMix, training only
+        self.tta: str | None = None  # test-time augmentation of test and predict steps (fruitres.eval tta=)
         for stage in range(frozen_stages):
             for module in stage_modules(self.net, stage):
                 module.requires_grad_(False)
@@ -109,6 +112,10 @@ class FruitClassifier(LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
 
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits, or with `tta` set the log of the softmax averaged over its views."""
+        return self(images) if self.tta is None else tta_log_probs(self, images, self.tta)
+
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Logits from pooled features: what a linear probe on cached features trains."""
         return self.net.fc(features)
@@ -134,7 +141,10 @@ class FruitClassifier(LightningModule):
         if stage == "train" and self.mix is not None and not cached_features:
             images, targets = self.mix(images, labels)  # soft targets; accuracy counts the dominant label
             labels = targets.argmax(dim=1)
-        logits = self.forward_head(cached_features[0]) if cached_features else self(images)
+        if cached_features:
+            logits = self.forward_head(cached_features[0])
+        else:
+            logits = self.classify(images) if stage == "test" else self(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         if stage == "train":
@@ -159,7 +169,7 @@ class FruitClassifier(LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, list | tuple) else batch
-        return self(images).softmax(dim=1)
+        return self.classify(images).softmax(dim=1)
 
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path is None:  # a resumed run keeps the best value its checkpoint holds
@@ -215,5 +225,10 @@ class FruitClassifier(LightningModule):
         if self.hparams.scheduler is None:
             return {"optimizer": optimizer}
         make_scheduler = instantiate(self.hparams.scheduler, _partial_=True)
-        scheduler = make_scheduler(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        clock = (
+            {"time_fraction": max_time_fraction(self.trainer)}
+            if self.hparams.scheduler.get("fit_to_max_time")
+            else {}
+        )
+        scheduler = make_scheduler(optimizer, total_steps=self.trainer.estimated_stepping_batches, **clock)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
