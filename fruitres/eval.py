@@ -16,6 +16,7 @@ from fruitres.checkpoints.loading import load_checkpoint
 from fruitres.data.test_set import CheckpointTestSet
 from fruitres.errors import ConfigError
 from fruitres.files import write_csv_whole
+from fruitres.models.tta import check_tta
 from fruitres.reports.error_analysis import PREDICTION_FIELDS, PerImageOutcomes, top_losses_figure
 from fruitres.reports.eval_report import confused_pairs, per_class_rows, print_report, write_eval_report
 from fruitres.reports.uncertainty import accuracy_interval
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Checkpoint → its Test/ set → trainer.test → per-class report, confused pairs and figures → metrics."""
     checkpoint = load_checkpoint(cfg.ckpt_path)
+    checkpoint.model.tta = check_tta(cfg.get("tta"))  # test-time augmentation: softmax averaged over flips
     data = OmegaConf.to_container(cfg.data, resolve=True)
     if data["data_dir"] is None:  # the folder the checkpoint was trained on
         del data["data_dir"]
@@ -62,6 +64,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "ckpt_path": str(checkpoint.path),
         "data_dir": str(datamodule.root),
         "num_images": num_images,
+        "tta": checkpoint.model.tta,  # null = off
         "metrics": metrics,
         "test_acc_ci95": accuracy_interval(metrics.get("test/acc"), num_images),  # Wilson
         "class_names": names,
