@@ -9,7 +9,6 @@ experiment of its own (`train/<sweep folder>`) with one run per job.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,10 @@ def experiment_name(task_name: str, sweep_dir: str | Path | None) -> str:
 def mlflow_logger(task_name: str, **kwargs: Any) -> MLFlowLogger:
     """Lightning's MLFlowLogger in this run's experiment, the run named after its folder (a sweep job:
     its number and overrides); a one-line error naming the extra when MLflow is not installed."""
-    if find_spec("mlflow") is None:
-        raise ConfigError(MISSING)
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise ConfigError(MISSING) from None
     sweep_dir, run_name = None, None
     if HydraConfig.initialized():
         hydra = HydraConfig.get()
