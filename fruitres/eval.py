@@ -77,7 +77,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     test_set = datamodule.datasets["test"]
     image_rows = outcomes.rows([datamodule.split_paths["Test"][row] for row in test_set.rows], names)
-    write_csv_whole(output_dir / "predictions.csv", image_rows, PREDICTION_FIELDS)
+    write_csv_whole(
+        output_dir / "predictions.csv",
+        [{k: row[k] for k in PREDICTION_FIELDS} for row in image_rows],
+        PREDICTION_FIELDS,
+    )
     top = image_rows[: cfg.top_losses]
     if top:
         images = torch.stack([test_set[row["index"]][0] for row in top]).float() / 255
