@@ -12,7 +12,7 @@ NOW := $(shell date +%Y-%m-%d_%H-%M-%S)
 TRANSFER_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/transfer/$(NOW)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format train sweep transfer tensorboard clean bench \
+.PHONY: help install test test-slow test-all lint format train lr-find sweep transfer tensorboard clean bench \
 	bench-gpu eval predict export seeds
 
 help: ## list the targets
@@ -45,6 +45,9 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 
 train: $(STAMP) ## run the main job (embedded data); pass overrides with ARGS="experiment=resnet18 ..."
 	$(PY) -m fruitres.train $(ARGS)
+
+lr-find: $(STAMP) ## learning-rate range test: lr_find.png and the model.optimizer.lr to use; ARGS="experiment=..."
+	$(PY) -m fruitres.lr_find $(ARGS)
 
 sweep: $(STAMP) ## demo sweep, lr x frozen_stages on the embedded data: 4 jobs, then the table of results
 	$(PY) -m fruitres.train -m model.optimizer.lr=1e-3,3e-3 model.frozen_stages=0,3 \

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig
@@ -37,20 +38,28 @@ class LearningRateSearchFailed(FixableError, RuntimeError):
     """The range test gave no finite suggestion; the message says what to change."""
 
 
-class KeepGroupRatios(Callback):
+@contextmanager
+def group_ratios_kept(model: L.LightningModule) -> Iterator[None]:
     """During the range test, every parameter group runs at its configured ratio to the head (group 0).
 
-    Lightning's finder gives every group the same learning rate; this puts back the ratios before each step.
+    Lightning's finder gives every group the same learning rate and replaces the trainer's callbacks for
+    the test; the module's own `lr_scheduler_step` hook still runs, so it puts the ratios back after each
+    step of the finder's schedule.
     """
+    configured = [group["lr"] for group in model.param_groups()]
+    step = model.lr_scheduler_step
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
-    ) -> None:
-        configured = pl_module.param_groups()
-        head_lr = configured[0]["lr"]
-        groups = trainer.optimizers[0].param_groups
-        for group, wanted in zip(groups, configured, strict=True):
-            group["lr"] = groups[0]["lr"] * wanted["lr"] / head_lr
+    def step_keeping_ratios(scheduler, metric=None) -> None:
+        step(scheduler, metric)
+        groups = scheduler.optimizer.param_groups
+        for group, lr in zip(groups, configured, strict=True):
+            group["lr"] = groups[0]["lr"] * lr / configured[0]
+
+    model.lr_scheduler_step = step_keeping_ratios
+    try:
+        yield
+    finally:
+        del model.lr_scheduler_step
 
 
 def find_lr(
@@ -63,19 +72,20 @@ def find_lr(
     num_training: int = 100,
 ) -> float:
     """Run the range test with `trainer`, write its plot and numbers, and return the suggested head lr."""
-    ratios = KeepGroupRatios()
-    trainer.callbacks.append(ratios)
+    max_epochs = trainer.fit_loop.max_epochs
+    trainer.fit_loop.max_epochs = max(max_epochs, num_training)  # its step count ends it, not short epochs
     try:
-        finder = Tuner(trainer).lr_find(
-            model,
-            datamodule=datamodule,
-            min_lr=min_lr,
-            max_lr=max_lr,
-            num_training=num_training,
-            update_attr=False,
-        )
+        with group_ratios_kept(model):
+            finder = Tuner(trainer).lr_find(
+                model,
+                datamodule=datamodule,
+                min_lr=min_lr,
+                max_lr=max_lr,
+                num_training=num_training,
+                update_attr=False,
+            )
     finally:
-        trainer.callbacks.remove(ratios)
+        trainer.fit_loop.max_epochs = max_epochs
     suggestion = finder.suggestion() if finder is not None else None
     if suggestion is None or not math.isfinite(suggestion):
         raise LearningRateSearchFailed(

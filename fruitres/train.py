@@ -11,6 +11,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from fruitres.lr_find import find_lr
 from fruitres.run.hparams import log_final_metrics, log_hyperparameters
 from fruitres.run.instantiate import instantiate_callbacks, instantiate_loggers
 from fruitres.run.launch import check_launch
@@ -40,6 +41,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup()  # the splits' fingerprints and counts, for the HParams tab and the run record
     note_data(datamodule)
     note_trainer(trainer)
+    if cfg.train and cfg.tune.lr_find and resume is None:  # a resumed run keeps its learning rate
+        lr = find_lr(trainer, model, datamodule, Path(cfg.paths.output_dir), **cfg.lr_find)
+        model.hparams.optimizer["lr"] = cfg.model.optimizer.lr = lr
     log_hyperparameters(cfg, model, trainer)
 
     if cfg.train:

@@ -3,6 +3,9 @@ the learning-rate finder and schedules that fit a time budget."""
 
 from __future__ import annotations
 
+import json
+import math
+import time
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +17,7 @@ from omegaconf import DictConfig
 
 from fruitres.data.mix import MixupCutmix
 from fruitres.models.classifier import FruitClassifier
+from fruitres.models.schedules import cosine_with_warmup, one_cycle
 from fruitres.train import train
 
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.5, "weight_decay": 1e-4}
@@ -194,3 +198,135 @@ def test_resumed_ema_run_equals_an_uninterrupted_one(tiny_dataset: Path, tmp_pat
         assert want[part].keys() == got[part].keys()
         for key, value in want[part].items():
             assert torch.allclose(got[part][key].float(), value.float(), atol=1e-5), (part, key)
+
+
+# --- test-time augmentation ---------------------------------------------------------------------------
+def test_tta_on_a_flip_invariant_input_equals_no_tta() -> None:
+    torch.manual_seed(0)
+    model = FruitClassifier(num_classes=5).eval()
+    half = torch.rand(2, 3, 32, 16)
+    symmetric, lopsided = torch.cat([half, half.flip(-1)], dim=-1), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        plain = {
+            name: model.classify(x).softmax(dim=1) for name, x in [("sym", symmetric), ("lop", lopsided)]
+        }
+        model.tta = "flip"
+        assert torch.allclose(model.classify(symmetric).softmax(dim=1), plain["sym"], atol=1e-6)
+        assert not torch.allclose(model.classify(lopsided).softmax(dim=1), plain["lop"], atol=1e-6)
+        averaged = (model(lopsided).softmax(dim=1) + model(lopsided.flip(-1)).softmax(dim=1)) / 2
+        assert torch.allclose(model.predict_step(lopsided, 0), averaged, atol=1e-6)
+
+
+def test_unknown_tta_is_one_line_naming_the_choices() -> None:
+    from fruitres.errors import ConfigError
+    from fruitres.models.tta import check_tta
+
+    with pytest.raises(ConfigError, match="tta=rotate .*flip, flips"):
+        check_tta("rotate")
+
+
+# --- learning-rate finder -----------------------------------------------------------------------------
+def test_group_ratios_are_kept_while_the_finder_steps_the_schedule() -> None:
+    from fruitres.lr_find import group_ratios_kept
+
+    model = FruitClassifier(num_classes=4, optimizer=SGD, backbone_lr_mult=0.1, layer_lr_decay=0.5)
+    optimizer = torch.optim.SGD(model.param_groups(), lr=1.0)
+    for group in optimizer.param_groups:  # what Lightning's finder does: one rate for every group
+        group["lr"] = group["initial_lr"] = 1e-4
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 10.0**step)
+    with group_ratios_kept(model):
+        optimizer.step()
+        model.lr_scheduler_step(scheduler, None)
+    lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert lrs["head"] == pytest.approx(1e-3)
+    assert lrs["layer4"] == pytest.approx(1e-3 * 0.1 * 0.5) and lrs["stem"] == pytest.approx(
+        1e-3 * 0.1 * 0.5**5
+    )
+    assert "lr_scheduler_step" not in vars(model)  # the module's own hook is back
+
+
+def lr_find_overrides(data_dir: Path, run_dir: Path) -> list[str]:
+    return [*tiny_train_overrides(data_dir, run_dir), "lr_find.num_training=20", "callbacks.figures=null"]
+
+
+def test_lr_find_writes_its_plot_and_a_finite_suggestion(tiny_dataset: Path, tmp_path: Path) -> None:
+    from fruitres.lr_find import lr_find
+
+    metrics = lr_find(compose_config("lr_find", lr_find_overrides(tiny_dataset, tmp_path)))
+    assert (tmp_path / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+    result = json.loads((tmp_path / "lr_find.json").read_text())
+    assert math.isfinite(result["suggestion"]) and 1e-6 <= result["suggestion"] <= 1.0
+    assert metrics["lr_find/suggestion"] == result["suggestion"] and len(result["lr"]) == 20
+
+
+def test_training_with_tune_lr_find_trains_at_the_suggestion(tiny_dataset: Path, tmp_path: Path) -> None:
+    overrides = [*lr_find_overrides(tiny_dataset, tmp_path), "tune.lr_find=true", "test=false"]
+    train(
+        compose_config(
+            "train", [*overrides, "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1"]
+        )
+    )
+    suggestion = json.loads((tmp_path / "lr_find.json").read_text())["suggestion"]
+    checkpoint = last_checkpoint(tmp_path)
+    assert checkpoint["hyper_parameters"]["optimizer"]["lr"] == suggestion
+    head = next(g for g in checkpoint["optimizer_states"][0]["param_groups"] if g["name"] == "head")
+    assert head["max_lr"] == pytest.approx(suggestion)  # one-cycle peaks at the suggested rate
+
+
+# --- schedules that fit a time budget -----------------------------------------------------------------
+class SlowSteps(Callback):
+    """An artificially slow machine: every training step takes `seconds` longer; records each step's lr."""
+
+    def __init__(self, path: str, seconds: float) -> None:
+        self.path, self.seconds = Path(path), seconds
+        self.steps: list[dict[str, float]] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
+        time.sleep(self.seconds)
+        self.steps.append({"epoch": trainer.current_epoch, "lr": trainer.optimizers[0].param_groups[0]["lr"]})
+        self.path.write_text(json.dumps(self.steps))
+
+
+def test_schedule_fitted_to_max_time_ends_when_the_time_does(tiny_dataset: Path, tmp_path: Path) -> None:
+    probe = tmp_path / "steps.json"
+    cfg = recipe_config(
+        tiny_dataset,
+        tmp_path,
+        [
+            "model/scheduler=onecycle",
+            "model.scheduler.fit_to_max_time=true",
+            "model.optimizer.lr=0.01",
+            "trainer.max_epochs=100",
+            "++trainer.max_time=00:00:00:06",
+            "++trainer.limit_train_batches=2",
+            "data.augment=null",
+            "+callbacks.slow._target_=test_recipes.SlowSteps",
+            f"+callbacks.slow.path={probe}",
+            "+callbacks.slow.seconds=0.25",
+        ],
+    )
+    train(cfg)
+    steps = json.loads(probe.read_text())
+    assert len(steps) < 50  # fewer than the 50 warm-up steps of 200 (max_epochs): by steps, still warming up
+    lrs = [step["lr"] for step in steps]
+    assert max(lrs) == pytest.approx(0.01, rel=0.05) and lrs[-1] < max(lrs)  # by the clock: past the peak
+    assert last_checkpoint(tmp_path)["epoch"] == steps[-1]["epoch"]  # the cut epoch was checkpointed
+
+
+@pytest.mark.parametrize("schedule", [one_cycle, cosine_with_warmup])
+def test_fitted_schedule_reaches_its_end_when_the_clock_does(schedule) -> None:
+    clock = {"fraction": 0.0}
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = schedule(optimizer, 1000, fit_to_max_time=True, time_fraction=lambda: clock["fraction"])
+    rates = []
+    for step in range(1, 21):  # 20 steps of 1000 fill the budget: a machine 50 times too slow
+        clock["fraction"] = step / 20
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert max(rates) == pytest.approx(1.0, rel=0.05) and rates[-1] < 0.011
+    unfitted = schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), 1000)
+    for _ in range(20):
+        unfitted.optimizer.step()
+        unfitted.step()
+    assert unfitted.get_last_lr()[0] > 0.05  # by steps alone, 2% into the schedule
