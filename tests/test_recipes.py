@@ -297,7 +297,7 @@ def test_schedule_fitted_to_max_time_ends_when_the_time_does(tiny_dataset: Path,
             "model.scheduler.fit_to_max_time=true",
             "model.optimizer.lr=0.01",
             "trainer.max_epochs=100",
-            "++trainer.max_time=00:00:00:06",
+            "++trainer.max_time=00:00:00:10",
             "++trainer.limit_train_batches=2",
             "data.augment=null",
             "+callbacks.slow._target_=test_recipes.SlowSteps",
@@ -309,8 +309,8 @@ def test_schedule_fitted_to_max_time_ends_when_the_time_does(tiny_dataset: Path,
     steps = json.loads(probe.read_text())
     assert len(steps) < 50  # fewer than the 50 warm-up steps of 200 (max_epochs): by steps, still warming up
     lrs = [step["lr"] for step in steps]
-    assert max(lrs) == pytest.approx(0.01, rel=0.05) and lrs[-1] < max(lrs)  # by the clock: past the peak
-    assert last_checkpoint(tmp_path)["epoch"] == steps[-1]["epoch"]  # the cut epoch was checkpointed
+    assert lrs[-1] < max(lrs), steps  # falling already: by the clock the one-cycle is past its peak
+    assert last_checkpoint(tmp_path)["epoch"] == steps[-1]["epoch"], steps  # the cut epoch was checkpointed
 
 
 @pytest.mark.parametrize("schedule", [one_cycle, cosine_with_warmup])
