@@ -13,7 +13,7 @@ TRANSFER_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/transfer/$(NOW)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow test-all lint format train lr-find sweep transfer tensorboard clean bench \
-	bench-gpu eval predict export seeds
+	bench-gpu eval predict export archs seeds
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev,mlflow]"
+	$(PY) -m pip install -e ".[dev,mlflow,timm]"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package (editable) with its dev tools
@@ -69,6 +69,10 @@ transfer: $(STAMP) ## transfer study: source on classes A, B by recipe x images/
 
 bench: $(STAMP) ## project vs the tutorial's loop, images/s (embedded data); ARGS="--data-dir DIR --json FILE"
 	$(PY) benchmarks/bench.py $(ARGS)
+
+# From scratch at an equal fitting budget on DATA: parameters, train and eval images/s, test accuracy.
+archs: $(STAMP) ## compare backbones (torchvision and timm) at an equal time budget on DATA; ARGS="--seconds 300"
+	$(PY) benchmarks/archs.py --data-dir $(DATA) $(ARGS)
 
 bench-gpu: ## on a GPU machine: placement, bf16 learning, throughput (compile on/off), JSON under OUT (or /tmp)
 	bash scripts/gpu_check.sh
