@@ -153,24 +153,31 @@ class StopAfterFirstEpoch(Callback):
 
 
 def ema_config(data_dir: Path, run_dir: Path, extra: list[str] = ()) -> DictConfig:
-    return recipe_config(
-        data_dir, run_dir, ["callbacks=[default,ema]", "callbacks.ema.decay=0.9", "data.augment=null", *extra]
-    )
+    return recipe_config(data_dir, run_dir, [*AVERAGING["ema"], "data.augment=null", *extra])
 
 
 def last_checkpoint(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
-def test_ema_weights_differ_from_the_raw_ones_and_are_validated_and_checkpointed(
-    tiny_dataset: Path, tmp_path: Path
+AVERAGING = {
+    "ema": ["callbacks=[default,ema]", "callbacks.ema.decay=0.9"],
+    "swa": ["callbacks=[default,swa]", "callbacks.swa.start_epoch=0"],  # the mean of 2 epoch ends
+}
+
+
+@pytest.mark.parametrize("averaging", ["ema", "swa"])
+def test_averaged_weights_differ_from_the_raw_ones_and_are_validated_and_checkpointed(
+    tiny_dataset: Path, tmp_path: Path, averaging: str
 ) -> None:
     probe = tmp_path / "validated.pt"
-    probe_overrides = [
+    overrides = [
+        *AVERAGING[averaging],
+        "data.augment=null",
         "+callbacks.probe._target_=test_recipes.ValidatedWeights",
         f"+callbacks.probe.path={probe}",
     ]
-    train(ema_config(tiny_dataset, tmp_path, probe_overrides))
+    train(recipe_config(tiny_dataset, tmp_path, overrides))
 
     checkpoint = last_checkpoint(tmp_path)
     averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]

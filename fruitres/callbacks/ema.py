@@ -92,7 +92,7 @@ class ExponentialMovingAverage(_AveragedWeights):
 class StochasticWeightAveraging(_AveragedWeights):
     """SWA: the equal-weight average of the weights at the end of every epoch from `start_epoch` on.
 
-    An epoch's validation comes before its update, so it sees the average of the epochs before it.
+    The update comes with the epoch's last step, so the epoch's validation and checkpoint include it.
     """
 
     def __init__(self, start_epoch: int = 1) -> None:
@@ -100,6 +100,18 @@ class StochasticWeightAveraging(_AveragedWeights):
             raise ConfigError(f"callbacks.swa.start_epoch={start_epoch} must be at least 0")
         super().__init__(use_buffers=True)
         self.start_epoch = start_epoch
+        self._epoch_ends_at: int | None = None  # the epoch whose last step this is, else None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        self._epoch_ends_at = trainer.current_epoch if last else None
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        return epoch_idx is not None and epoch_idx >= self.start_epoch
+        return (
+            step_idx is not None
+            and self._epoch_ends_at is not None
+            and self._epoch_ends_at >= self.start_epoch
+        )
