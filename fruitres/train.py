@@ -16,7 +16,7 @@ from fruitres.run.hparams import log_final_metrics, log_hyperparameters
 from fruitres.run.instantiate import instantiate_callbacks, instantiate_loggers
 from fruitres.run.launch import check_launch
 from fruitres.run.mlflow_tracking import store_run_files
-from fruitres.run.provenance import ProvenanceInCheckpoints, note_data, note_trainer
+from fruitres.run.provenance import ProvenanceInCheckpoints, note_data, note_tested, note_trainer
 from fruitres.run.resume import expand_resume_argv, resume_point
 from fruitres.run.task import run_task
 
@@ -56,6 +56,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.warning("No best checkpoint was saved; testing the weights the run ended with")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(trainer.callback_metrics)
+        note_tested(trainer, datamodule)  # the test accuracy's interval counts the images it saw
     store_run_files(trainer, [Path(best)] if best else [], "checkpoints")  # MLflow: provenance tags, best
 
     metrics = {name: float(value) for name, value in metrics.items()}

@@ -55,8 +55,8 @@ def job_record(job_dir: Path) -> dict[str, Any]:
 
 def tested_images(record: dict[str, Any]) -> int | None:
     """How many test images the job's test accuracy was measured on (from its provenance)."""
-    splits = (record.get("provenance") or {}).get("data", {}).get("splits", {})
-    return splits.get("test", {}).get("images")
+    test = (record.get("provenance") or {}).get("data", {}).get("splits", {}).get("test", {})
+    return test.get("tested", test.get("images"))
 
 
 def _test_interval(record: dict[str, Any]) -> tuple[float, float] | None:

@@ -151,6 +151,14 @@ def note_data(datamodule: L.LightningDataModule) -> None:
     }
 
 
+def note_tested(trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
+    """How many test images `trainer.test` saw (fewer than the split's with `limit_test_batches`)."""
+    split = _current.get("data", {}).get("splits", {}).get("test")
+    if split is not None and trainer.num_test_batches:
+        batches = sum(trainer.num_test_batches) * trainer.world_size
+        split["tested"] = min(split["images"], int(batches * datamodule.hparams.batch_size))
+
+
 def flat_provenance(
     provenance: Mapping[str, Any] | None = None, prefix: str = ""
 ) -> Iterator[tuple[str, Any]]:
