@@ -320,11 +320,6 @@ def backbone_stages(net: nn.Module) -> list[Stage]:
     return result
 
 
-def stage_modules(net: nn.Module, stage: int) -> list[nn.Module]:
-    """The modules of stage `stage` (0 = the stem)."""
-    return [backbone_stages(net)[stage]]
-
-
 # --- building ----------------------------------------------------------------------------------------
 def weights_names(arch: str) -> list[str]:
     """The values `model.weights` takes for `arch` (besides null)."""
