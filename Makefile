@@ -12,8 +12,8 @@ NOW := $(shell date +%Y-%m-%d_%H-%M-%S)
 TRANSFER_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/transfer/$(NOW)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format train sweep transfer tensorboard clean bench \
-	bench-gpu eval predict export
+.PHONY: help install test test-slow test-all lint format train lr-find sweep transfer tensorboard clean bench \
+	bench-gpu eval predict export archs seeds
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,mlflow,timm]"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package (editable) with its dev tools
@@ -46,9 +46,15 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 train: $(STAMP) ## run the main job (embedded data); pass overrides with ARGS="experiment=resnet18 ..."
 	$(PY) -m fruitres.train $(ARGS)
 
+lr-find: $(STAMP) ## learning-rate range test: lr_find.png and the model.optimizer.lr to use; ARGS="experiment=..."
+	$(PY) -m fruitres.lr_find $(ARGS)
+
 sweep: $(STAMP) ## demo sweep, lr x frozen_stages on the embedded data: 4 jobs, then the table of results
 	$(PY) -m fruitres.train -m model.optimizer.lr=1e-3,3e-3 model.frozen_stages=0,3 \
 		data.image_size=64 trainer.max_epochs=3 $(ARGS)
+
+seeds: $(STAMP) ## one recipe over seeds 0,1,2: the jobs' table and mean ± std per configuration; ARGS="experiment=..."
+	$(PY) -m fruitres.train -m seed=0,1,2 $(ARGS)
 
 # Source on classes A (TRANSFER_DIR/source), then the grid on classes B from its best checkpoint
 # (TRANSFER_DIR/target): recipe x training images per class, with the sweep table and transfer.png/.csv/.md.
@@ -63,6 +69,10 @@ transfer: $(STAMP) ## transfer study: source on classes A, B by recipe x images/
 
 bench: $(STAMP) ## project vs the tutorial's loop, images/s (embedded data); ARGS="--data-dir DIR --json FILE"
 	$(PY) benchmarks/bench.py $(ARGS)
+
+# From scratch at an equal fitting budget on DATA: parameters, train and eval images/s, test accuracy.
+archs: $(STAMP) ## compare backbones (torchvision and timm) at an equal time budget on DATA; ARGS="--seconds 300"
+	$(PY) benchmarks/archs.py --data-dir $(DATA) $(ARGS)
 
 bench-gpu: ## on a GPU machine: placement, bf16 learning, throughput (compile on/off), JSON under OUT (or /tmp)
 	bash scripts/gpu_check.sh

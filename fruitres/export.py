@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from fruitres.checkpoints.loading import LoadedCheckpoint, load_checkpoint
 from fruitres.files import replaced_whole, write_text_whole
+from fruitres.models.backbone import Logits
 from fruitres.run.task import run_task
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,11 @@ def export_onnx(checkpoint: LoadedCheckpoint, path: Path, opset: int) -> None:
 
 def export_torchscript(checkpoint: LoadedCheckpoint, path: Path) -> None:
     """A traced TorchScript module, loaded with `torch.jit.load` without this package."""
-    # The module's forward is exactly its torchvision network's; tracing the LightningModule itself trips on
-    # its properties that need a Trainer.
+    # The network from images to logits, as the module computes them; tracing the LightningModule itself
+    # trips on its properties that need a Trainer.
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
-        torch.jit.trace(checkpoint.model.net, example_inputs(checkpoint)).save(str(path))
+        torch.jit.trace(Logits(checkpoint.model.net), example_inputs(checkpoint)).save(str(path))
 
 
 def metadata(checkpoint: LoadedCheckpoint, model_file: Path, fmt: str) -> dict[str, Any]:

@@ -16,7 +16,9 @@ from fruitres.checkpoints.loading import load_checkpoint
 from fruitres.data.folders import IMAGE_EXTENSIONS, is_image_file
 from fruitres.data.image_files import ImageFilesDataModule
 from fruitres.errors import ConfigError
+from fruitres.models.tta import check_tta
 from fruitres.reports.predictions import Prediction, TopKPredictions, print_predictions, write_predictions
+from fruitres.run.provenance import note_trainer
 from fruitres.run.task import run_task
 
 log = logging.getLogger(__name__)
@@ -53,10 +55,12 @@ def predict(cfg: DictConfig) -> list[Prediction]:
     """Inputs → checkpoint → trainer.predict → top-k per file → table, predictions.json and .csv."""
     paths = expand_inputs(list(cfg.inputs) if isinstance(cfg.inputs, ListConfig) else str(cfg.inputs))
     checkpoint = load_checkpoint(cfg.ckpt_path)
+    checkpoint.model.tta = check_tta(cfg.get("tta"))  # test-time augmentation: softmax averaged over flips
     files = ImageFilesDataModule(paths, checkpoint.datamodule, cfg.data.batch_size, cfg.data.num_workers)
     top_k = TopKPredictions(paths, checkpoint.class_names, cfg.top_k)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[top_k], logger=False)
     trainer.predict(checkpoint.model, datamodule=files, return_predictions=False)
+    note_trainer(trainer)
 
     predictions = top_k.predictions
     print_predictions(predictions, cfg.max_rows)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from fruitres.lr_find import find_lr
 from fruitres.run.hparams import log_final_metrics, log_hyperparameters
 from fruitres.run.instantiate import instantiate_callbacks, instantiate_loggers
 from fruitres.run.launch import check_launch
+from fruitres.run.mlflow_tracking import store_run_files
+from fruitres.run.provenance import ProvenanceInCheckpoints, note_data, note_tested, note_trainer
 from fruitres.run.resume import expand_resume_argv, resume_point
 from fruitres.run.task import run_task
 
@@ -30,22 +34,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model: L.LightningModule = instantiate(
         cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names
     )
-    callbacks = instantiate_callbacks(cfg)
+    callbacks = [*instantiate_callbacks(cfg), ProvenanceInCheckpoints()]
     loggers = instantiate_loggers(cfg, purge_step=resume.step if resume else None)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     check_launch(trainer)
+    datamodule.setup()  # the splits' fingerprints and counts, for the HParams tab and the run record
+    note_data(datamodule)
+    note_trainer(trainer)
+    if cfg.train and cfg.tune.lr_find and resume is None:  # a resumed run keeps its learning rate
+        lr = find_lr(trainer, model, datamodule, Path(cfg.paths.output_dir), **cfg.lr_find)
+        model.hparams.optimizer["lr"] = cfg.model.optimizer.lr = lr
     log_hyperparameters(cfg, model, trainer)
 
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None)
     metrics = dict(trainer.callback_metrics)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
 
     if cfg.test:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             log.warning("No best checkpoint was saved; testing the weights the run ended with")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(trainer.callback_metrics)
+        note_tested(trainer, datamodule)  # the test accuracy's interval counts the images it saw
+    store_run_files(trainer, [Path(best)] if best else [], "checkpoints")  # MLflow: provenance tags, best
 
     metrics = {name: float(value) for name, value in metrics.items()}
     log_final_metrics(trainer, metrics)

@@ -13,8 +13,7 @@ from conftest import compose_config, tiny_train_overrides
 from lightning.pytorch import Callback
 from omegaconf import DictConfig
 
-from fruitres.callbacks.finetuning import STAGE_NAMES, GradualUnfreezing
-from fruitres.models.backbone import stage_modules
+from fruitres.callbacks.finetuning import GradualUnfreezing
 from fruitres.train import train
 
 LR = 1e-3
@@ -33,7 +32,7 @@ class StateProbe(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
     ) -> None:
         optimizer = trainer.optimizers[0]
-        stages = {name: stage_modules(pl_module.net, i) for i, name in enumerate(STAGE_NAMES)}
+        stages = {stage.name: [stage] for stage in pl_module.stages}
         self.steps.append(
             {
                 "epoch": trainer.current_epoch,

@@ -9,18 +9,18 @@ import torch
 import torchvision
 from omegaconf import DictConfig, open_dict
 
-from fruitres.models.backbone import STAGES
 from fruitres.models.classifier import FruitClassifier
 from fruitres.train import train
 
-# torchvision's ResNet-18 parameters per stage (stem, layer1..layer4) and of a 5-class head.
+# torchvision's ResNet-18 stages (their modules), their parameters, and those of a 5-class head.
+RESNET_STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
 RESNET18_STAGE_PARAMS = (9_536, 147_968, 525_568, 2_099_712, 8_393_728)
 HEAD_PARAMS_5_CLASSES = 512 * 5 + 5
 
 
 def stage_state(state: dict[str, torch.Tensor], stage: int) -> dict[str, torch.Tensor]:
     """Every parameter and buffer (BatchNorm running statistics included) of one stage."""
-    prefixes = tuple(f"net.{name}." for name in STAGES[stage])
+    prefixes = tuple(f"net.{name}." for name in RESNET_STAGES[stage])
     return {key: value for key, value in state.items() if key.startswith(prefixes)}
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from fruitres.models.backbone import WeightsUnavailableError, build_resnet
+from fruitres.models.backbone import WeightsUnavailableError, build_backbone
 from fruitres.models.classifier import FruitClassifier
 from fruitres.models.schedules import cosine_with_warmup, one_cycle
 
@@ -26,7 +26,7 @@ def test_weights_path_loads_the_backbone_and_replaces_the_head(tmp_path: Path) -
     state_file = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), state_file)
 
-    model = build_resnet("resnet18", num_classes=3, weights_path=str(state_file))
+    model = build_backbone("resnet18", num_classes=3, weights_path=str(state_file))
     torch.testing.assert_close(model.conv1.weight, reference.conv1.weight)
     torch.testing.assert_close(model.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
     assert model.fc.out_features == 3
@@ -36,12 +36,12 @@ def test_weights_path_of_another_architecture_is_refused(tmp_path: Path) -> None
     state_file = tmp_path / "resnet50.pth"
     torch.save(torchvision.models.resnet50().state_dict(), state_file)
     with pytest.raises(WeightsUnavailableError, match="model.arch"):
-        build_resnet("resnet18", num_classes=3, weights_path=str(state_file))
+        build_backbone("resnet18", num_classes=3, weights_path=str(state_file))
 
 
 def test_missing_weights_path_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(WeightsUnavailableError, match="model.weights_path"):
-        build_resnet("resnet18", num_classes=3, weights_path=str(tmp_path / "absent.pth"))
+        build_backbone("resnet18", num_classes=3, weights_path=str(tmp_path / "absent.pth"))
 
 
 def test_unreachable_weights_say_where_to_put_the_file(
@@ -55,7 +55,7 @@ def test_unreachable_weights_say_where_to_put_the_file(
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     with pytest.raises(WeightsUnavailableError) as error:
-        build_resnet("resnet18", num_classes=3, weights="IMAGENET1K_V1")
+        build_backbone("resnet18", num_classes=3, weights="IMAGENET1K_V1")
     message = str(error.value)
     expected_file = os.path.join(str(tmp_path / "torch-home"), "hub", "checkpoints", "resnet18-f37072fd.pth")
     assert expected_file in message
@@ -64,12 +64,13 @@ def test_unreachable_weights_say_where_to_put_the_file(
 
 def test_unknown_weights_name_lists_the_choices() -> None:
     with pytest.raises(ValueError, match="IMAGENET1K_V1"):
-        build_resnet("resnet18", num_classes=3, weights="IMAGENET9K")
+        build_backbone("resnet18", num_classes=3, weights="IMAGENET9K")
 
 
-def test_unknown_arch_lists_the_choices() -> None:
-    with pytest.raises(ValueError, match="resnet18, resnet34, resnet50"):
-        build_resnet("vgg11", num_classes=3)
+@pytest.mark.parametrize("arch", ["resnet99", "vgg11"])  # not in torchvision; no stage table
+def test_unknown_arch_lists_the_families(arch: str) -> None:
+    with pytest.raises(ValueError, match=f"model.arch={arch} is not allowed; use .* families resnet, regnet"):
+        build_backbone(arch, num_classes=3)
 
 
 def test_backbone_learning_rate_is_a_fraction_of_the_head_rate() -> None:

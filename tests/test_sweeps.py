@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from fruitres.reports.sweep_report import CSV_FILE, MARKDOWN_FILE
+from fruitres.reports.uncertainty import wilson_interval
 from fruitres.run.record import RECORD_FILE, read_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,12 +112,16 @@ def test_grid_sweep_gives_each_job_its_directory_and_the_sweep_one_table(
         "model.frozen_stages",
         "val/acc_best",
         "test/acc",
+        "test/acc 95% CI",  # Wilson, from the 16 test images of limit_test_batches=1
         "epochs",
         "wall_time_s",
         "status",
         "error",
     ]
     assert sorted(row["job"] for row in rows) == ["0", "1", "2", "3"]
+    for row in rows:
+        low, high = wilson_interval(round(float(row["test/acc"]) * 16), 16)
+        assert row["test/acc 95% CI"] == f"[{low:.4f}, {high:.4f}]"
     accuracies = [float(row["val/acc_best"]) for row in rows]
     assert accuracies == sorted(accuracies, reverse=True)
     assert {row["status"] for row in rows} == {"ok"}

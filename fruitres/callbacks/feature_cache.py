@@ -1,7 +1,7 @@
 """Linear probing at the speed of the head: the frozen backbone's features computed once and reused.
 
-With every stage frozen (`model.frozen_stages=5`) and no training augmentation, the backbone maps each
-training image to the same feature vector in every epoch. `LinearProbeFeatureCache` computes those
+With every stage frozen (`model.frozen_stages=5` on a ResNet) and no training augmentation, the backbone
+maps each training image to the same feature vector in every epoch. `LinearProbeFeatureCache` computes those
 vectors once, under the trainer's precision, into a float32 .npy file next to the image cache, keyed by
 the image cache (files, sizes), the backbone's weights and BatchNorm statistics, the normalisation and
 the precision; any change to one of them makes a new file. During fitting the train and val batches then
@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from fruitres.data.cache import Batch, CachedImages
 from fruitres.files import replaced_whole
-from fruitres.models.backbone import STAGES
+from fruitres.models.backbone import head_parameter_names
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,11 @@ FLOAT32_WEIGHTS = ("32-true", "32", "bf16-mixed", "16-mixed")  # the precisions 
 
 
 def backbone_fingerprint(net: torch.nn.Module) -> str:
-    """Changes whenever a backbone weight or BatchNorm statistic changes; the head `fc` is left out."""
+    """Changes whenever a backbone weight or BatchNorm statistic changes; the head is left out."""
     digest = hashlib.sha256()
+    head = set(head_parameter_names(net))
     for name, tensor in net.state_dict().items():
-        if not name.startswith("fc."):
+        if name not in head:
             digest.update(f"\0{name}\0{tensor.dtype}\0".encode())
             digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -141,7 +142,7 @@ class LinearProbeFeatureCache(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
-        if stage != "fit" or datamodule is None or pl_module.frozen_prefix() < len(STAGES):
+        if stage != "fit" or datamodule is None or pl_module.frozen_prefix() < len(pl_module.stages):
             return
         if len(getattr(datamodule, "augment", ())):
             log.info(
@@ -173,7 +174,7 @@ class LinearProbeFeatureCache(Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
     ) -> None:
-        if self.wrapped and pl_module.frozen_prefix() < len(STAGES):
+        if self.wrapped and pl_module.frozen_prefix() < len(pl_module.stages):
             raise RuntimeError(
                 "A callback unfroze the backbone during a linear probe fed with cached features "
                 "(callbacks.linear_probe_cache); set callbacks.linear_probe_cache=null to fine-tune it"

@@ -163,7 +163,7 @@ class RunFigures(Callback):
         mean, std = _normalisation(trainer)
         names = pl_module.hparams.class_names
         figure = labelled_grid(denormalize(images, mean, std), [names[i] for i in labels], ncols=self.ncols)
-        _log_figure(trainer, "train/inputs", figure)
+        log_figure(trainer, "train/inputs", figure)
 
     # --- predictions of a split --------------------------------------------------------------
     def _start(self, split: str, pl_module: L.LightningModule) -> None:
@@ -182,7 +182,7 @@ class RunFigures(Callback):
         if trainer.is_global_zero:
             figures = predictions.figures(split, *_normalisation(trainer), ncols=self.ncols)
             for name, figure in figures.items():
-                _log_figure(trainer, f"{split}/{name}", figure)
+                log_figure(trainer, f"{split}/{name}", figure)
             self.logged_figures[split] = figures
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -220,7 +220,7 @@ def _normalisation(trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
     return datamodule.mean, datamodule.std
 
 
-def _log_figure(trainer: L.Trainer, tag: str, figure: Figure) -> None:
+def log_figure(trainer: L.Trainer, tag: str, figure: Figure) -> None:
     """Send a figure to every TensorBoard logger, then release it from pyplot (it can still be saved)."""
     for logger in _tensorboards(trainer):
         logger.experiment.add_figure(tag, figure, global_step=trainer.global_step, close=False)

@@ -9,10 +9,6 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from fruitres.models.backbone import STAGES, stage_modules, stage_name
-
-STAGE_NAMES = tuple(stage_name(stage) for stage in range(len(STAGES)))
-
 
 class GradualUnfreezing(BaseFinetuning):
     """Unfreeze the stages `model.frozen_stages` froze, the top one first, at the epochs of `unfreeze_epochs`.
@@ -56,7 +52,7 @@ class GradualUnfreezing(BaseFinetuning):
         for stage, start_epoch in sorted(self.unfreeze_schedule(pl_module).items(), reverse=True):
             if epoch < start_epoch:
                 continue
-            modules = stage_modules(pl_module.net, stage)
+            modules = [pl_module.stages[stage]]
             self.make_trainable(modules)  # a resumed run has the group back (BaseFinetuning), not the flags
             params = [p for module in modules for p in module.parameters()]
             if not any(id(p) in in_optimizer for p in params):

@@ -1,9 +1,10 @@
 """Report on a Fruits-360-style dataset folder: ``python -m fruitres.data.check <dir> [--json]``.
 
 Counts classes and images per split, opens every image with PIL, lists unreadable, empty and ignored files,
-tallies image sizes and modes, measures how many Test images are byte-for-byte copies of Training images,
-and finds what trains but silently degrades: classes with a single image, identical images under two classes.
-Exits 1 when the folder cannot be trained on, 0 otherwise (warnings allowed).
+tallies image sizes and modes, measures how many Test images are byte-for-byte copies of Training images
+(with ``--near-duplicates``, also how many have a near twin by perceptual hash), and finds what trains but
+silently degrades: classes with a single image, identical images under two classes. Exits 1 when the folder
+cannot be trained on, 0 otherwise (warnings allowed).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rich.table import Table
 
 from fruitres.data.download import find_dataset_root
 from fruitres.data.folders import SPLITS, DatasetLayoutError, is_image_file, list_class_names
+from fruitres.data.near_duplicates import DEFAULT_MAX_DISTANCE, difference_hash, near_duplicates
 
 TRAIN, TEST = SPLITS
 SHOW = 10  # problem files listed by name in the table view (the JSON lists all)
@@ -40,6 +42,7 @@ class ImageInfo:
     size: tuple[int, int] | None
     mode: str | None
     error: str | None  # "empty" for a zero-byte file, else the exception, else None
+    dhash: int | None = None  # perceptual hash of a readable image (fruitres/data/near_duplicates.py)
 
 
 def inspect_image(path: Path) -> ImageInfo:
@@ -54,7 +57,7 @@ def inspect_image(path: Path) -> ImageInfo:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            return ImageInfo(digest, image.size, image.mode, None)
+            return ImageInfo(digest, image.size, image.mode, None, difference_hash(image))
     except Exception as exc:  # PIL raises many types for broken files
         return ImageInfo(digest, None, None, f"{type(exc).__name__}: {exc}")
 
@@ -87,8 +90,9 @@ def inspect_all(paths: list[Path], workers: int | None = None) -> list[ImageInfo
     return results
 
 
-def check_dataset(root: Path, workers: int | None = None) -> dict[str, Any]:
-    """A JSON-serialisable report on `root`; `report["trainable"]` says whether it can be trained on."""
+def check_dataset(root: Path, workers: int | None = None, near_distance: int | None = None) -> dict[str, Any]:
+    """A JSON-serialisable report on `root`; `report["trainable"]` says whether it can be trained on.
+    With `near_distance`, also the Test images within that many hash bits of a Training image."""
     root = Path(root)
     errors: list[str] = []
     warnings: list[str] = []
@@ -130,6 +134,11 @@ def check_dataset(root: Path, workers: int | None = None) -> dict[str, Any]:
         name for name, files in scans[TRAIN][0].items() if sum(infos[p].error is None for p in files) == 1
     )
     report["relabelled_copies"] = _relabelled_copies(scans[TRAIN][0], infos, root)
+    if near_distance is not None:
+        hashes = {path: info.dhash for path, info in infos.items()}
+        report["near_duplicates"] = near_duplicates(
+            scans[TRAIN][0], scans[TEST][0], hashes, near_distance, name=lambda path: _rel(path, root)
+        )
 
     if report["only_in_test"]:
         errors.append(f"{TEST}/ has classes that {TRAIN}/ lacks: {', '.join(report['only_in_test'])}")
@@ -280,6 +289,8 @@ def render(report: dict[str, Any], console: Console, per_class: bool = False) ->
         )
         for p in o["pairs"][:SHOW]:
             console.print(f"  {p['test']} = {p['training'][0]}", markup=False, highlight=False)
+        if "near_duplicates" in report:
+            _render_near_duplicates(report["near_duplicates"], console)
         _render_files("unreadable", [f"{u['path']} ({u['error']})" for u in report["unreadable"]], console)
         _render_files("empty (0 bytes)", report["empty_files"], console)
         _render_files("ignored (not images)", report["ignored"], console)
@@ -313,6 +324,20 @@ def _render_counts(report: dict[str, Any], console: Console, per_class: bool) ->
             console.print(f"Classes {label}: {', '.join(report[key])}", highlight=False)
 
 
+def _render_near_duplicates(near: dict[str, Any], console: Console) -> None:
+    spread = ", ".join(f"{count} at {bits}" for bits, count in near["by_distance"].items())
+    console.print(
+        f"{TEST}/{TRAIN} near duplicates: {near['with_near_twin']} of {near['test_images']} {TEST} images "
+        f"({near['percent']}%) have a {TRAIN}/ image of their class within {near['max_distance']} of 64 "
+        f"perceptual-hash bits ({spread})",
+        highlight=False,
+    )
+    for p in near["pairs"][:SHOW]:
+        console.print(
+            f"  {p['test']} ~ {p['training']} ({p['distance']} bits)", markup=False, highlight=False
+        )
+
+
 def _render_files(label: str, items: list[str], console: Console) -> None:
     """A short list of problem files."""
     if not items:
@@ -333,8 +358,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--per-class", action="store_true", help="also list the image count of every class")
     parser.add_argument("--workers", type=int, default=None, help="threads opening images")
+    parser.add_argument(
+        "--near-duplicates",
+        type=int,
+        nargs="?",
+        const=DEFAULT_MAX_DISTANCE,
+        metavar="BITS",
+        help="count Test images with a Training image of their class within BITS of 64 perceptual-hash "
+        f"bits (default {DEFAULT_MAX_DISTANCE})",
+    )
     args = parser.parse_args(argv)
-    report = check_dataset(args.root, args.workers)
+    report = check_dataset(args.root, args.workers, args.near_duplicates)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -92,6 +92,7 @@ class Fruits360DataModule(LightningDataModule):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.datasets: dict[str, CachedImages] = {}
+        self.split_paths: dict[str, list[Path]] = {}  # by split folder; a dataset's rows index into it
 
     @property
     def class_names(self) -> list[str]:
@@ -140,6 +141,7 @@ class Fruits360DataModule(LightningDataModule):
     def _cached_split(self, split: str, class_to_idx: dict[str, int]) -> CachedImages:
         samples = list_samples(self.root / split, class_to_idx, skip=self.selection.leaves_out)
         paths = [path for path, _ in samples]
+        self.split_paths[split] = paths
         array_path, unreadable = build_image_cache(
             paths, self.hparams.image_size, Path(self.hparams.cache_dir).expanduser()
         )

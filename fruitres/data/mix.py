@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fruitres.errors import ConfigError
+
 
 class MixupCutmix:
     """Mixes a batch with its reverse: CutMix with probability `switch_prob`, else Mixup; `prob` of batches.
@@ -23,12 +25,12 @@ class MixupCutmix:
         switch_prob: float = 0.5,
     ) -> None:
         if mixup_alpha < 0 or cutmix_alpha < 0 or mixup_alpha == cutmix_alpha == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"model.mix: mixup_alpha={mixup_alpha}, cutmix_alpha={cutmix_alpha}; give one of them > 0 "
                 "(or model/mix=null for no mixing)"
             )
         if not (0 <= prob <= 1 and 0 <= switch_prob <= 1):
-            raise ValueError(f"model.mix: prob={prob} and switch_prob={switch_prob} must lie in [0, 1]")
+            raise ConfigError(f"model.mix: prob={prob} and switch_prob={switch_prob} must lie in [0, 1]")
         self.num_classes = num_classes
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.prob, self.switch_prob = prob, switch_prob

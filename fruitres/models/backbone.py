@@ -1,56 +1,389 @@
-"""Building a torchvision ResNet with a new head, its pretrained weights, and its stages for freezing."""
+"""Any backbone from a name: a torchvision classification model or `timm/<name>`, with a new head.
+
+Every family gives the same three things, as timm models do: pooled features (`backbone_features`), the
+classification head (`backbone_head`) and an ordered list of stages (`backbone_stages`, the head left out)
+that `model.frozen_stages`, gradual unfreezing and layer-wise learning rates count. torchvision families
+are described by the table `FAMILIES`; timm models by their own `group_matcher`.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torchvision.models import swin_transformer
 
 from fruitres.checkpoints.files import check_checkpoint_file
-from fruitres.errors import FixableError
+from fruitres.errors import ConfigError, FixableError
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
-# The ResNet in the order `frozen_stages` counts: the stem, then the four residual stages.
-STAGES: tuple[tuple[str, ...], ...] = (
-    ("conv1", "bn1", "relu", "maxpool"),
-    ("layer1",),
-    ("layer2",),
-    ("layer3",),
-    ("layer4",),
-)
-
-
-HEAD_PREFIX = "fc."  # the classification head of a torchvision ResNet: new for every class list
+TIMM_PREFIX = "timm/"
+TIMM_WEIGHTS = "DEFAULT"  # model.weights for a timm model: the pretrained weights its name's tag selects
 NETWORK_PREFIX = "net."  # FruitClassifier.net, in a fruitres checkpoint's state_dict
 BATCHES_TRACKED = "num_batches_tracked"
+
+Step = str | Callable[[nn.Module, torch.Tensor], torch.Tensor]  # a submodule's path, or a function of the net
 
 
 class WeightsUnavailableError(FixableError, RuntimeError):
     """Pretrained weights could not be had; the message says where to put the file or what to override."""
 
 
-def build_resnet(
+class Stage(nn.Module):
+    """One stage of a network: the whole submodules it owns and any parameter held outside them.
+
+    A view, never registered inside the network: `parameters()`, `requires_grad_()` and `train()` reach
+    the network's own tensors and modules.
+    """
+
+    def __init__(self, name: str, modules: Sequence[nn.Module], loose: Sequence[nn.Parameter]) -> None:
+        super().__init__()
+        self.name = name
+        self.blocks = nn.ModuleList(modules)
+        self.loose = nn.ParameterList(loose)
+
+
+# --- torchvision families ----------------------------------------------------------------------------
+def _pool(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.adaptive_avg_pool2d(x, 1)
+
+
+def _flatten(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(x, 1)
+
+
+def _vit_tokens(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Patch tokens, the class token and position embeddings, interpolated for another image size."""
+    x = net.conv_proj(x)
+    grid = x.shape[-2:]
+    x = torch.cat([net.class_token.expand(x.shape[0], -1, -1), x.flatten(2).transpose(1, 2)], dim=1)
+    position = net.encoder.pos_embedding
+    side = int((position.shape[1] - 1) ** 0.5)
+    if tuple(grid) != (side, side):  # weights made for another size: resample the patch positions
+        patches = position[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=tuple(grid), mode="bicubic", align_corners=False)
+        position = torch.cat([position[:, :1], patches.flatten(2).transpose(1, 2)], dim=1)
+    return x + position
+
+
+def _class_token(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x[:, 0]
+
+
+def _downsamples(module: nn.Module) -> bool:
+    """Whether a block starts a new resolution: a strided convolution or a Swin patch merging."""
+    return any(
+        (isinstance(m, nn.Conv2d) and max(m.stride) > 1)
+        or isinstance(m, swin_transformer.PatchMerging | swin_transformer.PatchMergingV2)
+        for m in module.modules()
+    )
+
+
+def _stages_by_resolution(net: nn.Module) -> list[tuple[str, list[str]]]:
+    """`features.0` is the stem; then a stage per resolution, starting at each downsampling block."""
+    stages: list[tuple[str, list[str]]] = [("stem", ["features.0"])]
+    for index, block in enumerate(net.features):
+        if index == 0:
+            continue
+        if _downsamples(block) or len(stages) == 1:
+            stages.append((f"stage{len(stages)}", []))
+        stages[-1][1].append(f"features.{index}")
+    return stages
+
+
+def _resnet_stages(net: nn.Module) -> list[tuple[str, list[str]]]:
+    return [("stem", ["conv1", "bn1"])] + [(f"layer{i}", [f"layer{i}"]) for i in range(1, 5)]
+
+
+def _regnet_stages(net: nn.Module) -> list[tuple[str, list[str]]]:
+    blocks = [f"trunk_output.{name}" for name, _ in net.trunk_output.named_children()]
+    return [("stem", ["stem"])] + [(path.rsplit(".", 1)[1], [path]) for path in blocks]
+
+
+def _vit_stages(net: nn.Module) -> list[tuple[str, list[str]]]:
+    layers = [f"encoder.layers.{name}" for name, _ in net.encoder.layers.named_children()]
+    stem = ["conv_proj", "class_token", "encoder.pos_embedding"]
+    return [("stem", stem)] + [(f"block{i}", [path]) for i, path in enumerate(layers)]
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one torchvision family computes pooled features, where its head is, and its stages.
+
+    Parameters outside the head and the listed stages (a norm or projection after the last stage)
+    belong to the last stage.
+    """
+
+    name: str
+    arch_prefixes: tuple[str, ...]
+    network: type[nn.Module]
+    features: tuple[Step, ...]  # from images to pooled features
+    head: tuple[str, ...]  # from pooled features to logits; the last is the Linear made for the classes
+    stages: Callable[[nn.Module], list[tuple[str, list[str]]]]  # name → submodule or parameter paths
+
+
+FAMILIES = (
+    Family(
+        "resnet",
+        ("resnet", "resnext", "wide_resnet"),
+        torchvision.models.ResNet,
+        ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", _pool, _flatten),
+        ("fc",),
+        _resnet_stages,
+    ),
+    Family(
+        "regnet",
+        ("regnet_",),
+        torchvision.models.RegNet,
+        ("stem", "trunk_output", _pool, _flatten),
+        ("fc",),
+        _regnet_stages,
+    ),
+    Family(
+        "mobilenet_v2",
+        ("mobilenet_v2",),
+        torchvision.models.MobileNetV2,
+        ("features", _pool, _flatten),
+        ("classifier.0", "classifier.1"),
+        _stages_by_resolution,
+    ),
+    Family(
+        "mobilenet_v3",
+        ("mobilenet_v3",),
+        torchvision.models.MobileNetV3,
+        ("features", _pool, _flatten, "classifier.0", "classifier.1"),
+        ("classifier.2", "classifier.3"),
+        _stages_by_resolution,
+    ),
+    Family(
+        "efficientnet",
+        ("efficientnet_",),
+        torchvision.models.EfficientNet,
+        ("features", _pool, _flatten),
+        ("classifier.0", "classifier.1"),
+        _stages_by_resolution,
+    ),
+    Family(
+        "convnext",
+        ("convnext_",),
+        torchvision.models.ConvNeXt,
+        ("features", _pool, "classifier.0", _flatten),
+        ("classifier.2",),
+        _stages_by_resolution,
+    ),
+    Family(
+        "swin",
+        ("swin_",),
+        torchvision.models.SwinTransformer,
+        ("features", "norm", "permute", _pool, _flatten),
+        ("head",),
+        _stages_by_resolution,
+    ),
+    Family(
+        "vit",
+        ("vit_",),
+        torchvision.models.VisionTransformer,
+        (_vit_tokens, "encoder.dropout", "encoder.layers", "encoder.ln", _class_token),
+        ("heads.head",),
+        _vit_stages,
+    ),
+)
+FAMILY_NAMES = ", ".join(family.name for family in FAMILIES)
+
+
+def _torchvision_family(arch: str) -> Family:
+    names = torchvision.models.list_models(module=torchvision.models)
+    family = next((f for f in FAMILIES if arch.startswith(f.arch_prefixes)), None)
+    if arch not in names or family is None:
+        known = "a torchvision classification model" if arch not in names else "a model"
+        raise ConfigError(
+            f"model.arch={arch} is not allowed; use {known} of the families {FAMILY_NAMES} "
+            "(torchvision.models.list_models(), e.g. resnet18, efficientnet_b0) or timm/<name>"
+        )
+    return family
+
+
+def _family_of(net: nn.Module) -> Family | None:
+    """The torchvision family of a built network; None for a timm model."""
+    for family in FAMILIES:
+        if isinstance(net, family.network):
+            return family
+    if _is_timm(net):
+        return None
+    raise TypeError(f"{type(net).__name__} is not a network fruitres builds")
+
+
+def _is_timm(net: nn.Module) -> bool:
+    return type(net).__module__.startswith("timm.")
+
+
+def _run(net: nn.Module, steps: Sequence[Step], x: torch.Tensor) -> torch.Tensor:
+    for step in steps:
+        x = net.get_submodule(step)(x) if isinstance(step, str) else step(net, x)
+    return x
+
+
+# --- what every family gives -------------------------------------------------------------------------
+def backbone_features(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Pooled features (batch × channels): what the head classifies and a linear probe caches."""
+    family = _family_of(net)
+    if family is None:
+        return net.forward_head(net.forward_features(images), pre_logits=True)
+    return _run(net, family.features, images)
+
+
+def backbone_head(net: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Logits from pooled features."""
+    family = _family_of(net)
+    if family is None:
+        return net.get_classifier()(features)
+    return _run(net, family.head, features)
+
+
+class Logits(nn.Module):
+    """A built network as one module from images to logits, at any image size its family takes.
+
+    What TorchScript traces: a torchvision ViT's own forward only takes the size it was built for.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return backbone_head(self.net, backbone_features(self.net, images))
+
+
+def head_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """The head's parameters: new for every class list."""
+    family = _family_of(net)
+    heads = [net.get_classifier()] if family is None else [net.get_submodule(path) for path in family.head]
+    return [p for module in heads for p in module.parameters()]
+
+
+def head_parameter_names(net: nn.Module) -> list[str]:
+    """The names (in `net.state_dict()`) of the head's parameters."""
+    head_ids = {id(p) for p in head_parameters(net)}
+    return [name for name, p in net.named_parameters() if id(p) in head_ids]
+
+
+def _stage_parameter_names(net: nn.Module) -> list[tuple[str, list[str]]]:
+    """Each stage's name and the names of its parameters, in order; the head's are left out."""
+    head = set(head_parameter_names(net))
+    names = [name for name, _ in net.named_parameters() if name not in head]
+    family = _family_of(net)
+    if family is None:
+        from timm.models import group_parameters  # only with the timm extra, which built this network
+
+        groups = group_parameters(net, net.group_matcher(coarse=True))
+        # the group holding the classifier also holds what timm counts as head (a norm): a neck, below
+        groups = [groups[key] for key in sorted(groups) if head.isdisjoint(groups[key])]
+        stages = [(f"stage{i}" if i else "stem", list(members)) for i, members in enumerate(groups)]
+    else:
+        stages = [
+            (stage, [n for n in names if any(n == p or n.startswith(f"{p}.") for p in paths)])
+            for stage, paths in family.stages(net)
+        ]
+    assigned = {n for _, members in stages for n in members}
+    stages[-1][1].extend(n for n in names if n not in assigned)  # the norm or neck after the last stage
+    return stages
+
+
+def backbone_stages(net: nn.Module) -> list[Stage]:
+    """The network's stages in forward order, the head excluded: what `frozen_stages` counts.
+
+    A stage holds the largest submodules all of whose parameters are its own (so freezing it can put
+    its BatchNorm layers, dropout and stochastic depth in eval mode), and any parameter left over.
+    """
+    modules = dict(net.named_modules())
+    parameters = dict(net.named_parameters())
+    result = []
+    for stage, members in _stage_parameter_names(net):
+        owned, covered, blocks = set(members), set(), []
+        for path, module in modules.items():
+            if not path or any(path.startswith(f"{taken}.") for taken in covered):
+                continue
+            inside = [f"{path}.{name}" for name, _ in module.named_parameters()]
+            if inside and owned.issuperset(inside):
+                blocks.append(module)
+                covered.add(path)
+        in_blocks = {id(p) for block in blocks for p in block.parameters()}
+        loose = [parameters[name] for name in members if id(parameters[name]) not in in_blocks]
+        result.append(Stage(stage, blocks, loose))
+    return result
+
+
+# --- building ----------------------------------------------------------------------------------------
+def weights_names(arch: str) -> list[str]:
+    """The values `model.weights` takes for `arch` (besides null)."""
+    if arch.startswith(TIMM_PREFIX):
+        return [TIMM_WEIGHTS]
+    _torchvision_family(arch)
+    return list(torchvision.models.get_model_weights(arch).__members__)
+
+
+def check_arch(arch: str) -> None:
+    """Raise ConfigError, naming what to use, for an arch fruitres cannot build."""
+    if arch.startswith(TIMM_PREFIX):
+        _timm()
+    else:
+        _torchvision_family(arch)
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError('model.arch=timm/... needs the timm extra: pip install -e ".[timm]"') from None
+    return timm
+
+
+def build_backbone(
     arch: str, num_classes: int, weights: str | None = None, weights_path: str | None = None
-) -> torchvision.models.ResNet:
-    """A torchvision ResNet whose `fc` head has `num_classes` outputs.
+) -> nn.Module:
+    """A network whose head has `num_classes` outputs, the rest from `weights` or `weights_path` if given.
 
     `weights` names a torchvision weights enum member (e.g. IMAGENET1K_V1, fetched into the torch hub
-    cache); `weights_path` is a local state-dict file of the same architecture (air-gapped clusters).
+    cache) or, for `timm/<name>`, DEFAULT: timm's pretrained weights of that name. `weights_path` is a
+    local state-dict file of the same architecture, or a fruitres checkpoint (air-gapped clusters).
     """
-    if arch not in ARCHS:
-        raise ValueError(f"model.arch={arch} is not supported; choose one of {', '.join(ARCHS)}")
-    model = torchvision.models.get_model(arch, weights=None)
+    if weights is not None and weights not in weights_names(arch):
+        raise ConfigError(
+            f"model.weights={weights} is not one of {arch}'s weights; use null or one of "
+            f"{', '.join(weights_names(arch))}"
+        )
+    if arch.startswith(TIMM_PREFIX):
+        net = _create_timm(arch.removeprefix(TIMM_PREFIX), num_classes, weights is not None)
+    else:
+        _torchvision_family(arch)
+        net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        if weights is not None and weights_path is None:
+            _load_backbone(net, _download_weights(arch, weights), weights)
     if weights_path is not None:
-        _load_backbone(model, _load_state_dict_file(Path(weights_path).expanduser(), arch), weights_path)
-    elif weights is not None:
-        _load_backbone(model, _download_weights(arch, weights), weights)
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return model
+        _load_backbone(net, _load_state_dict_file(Path(weights_path).expanduser(), arch), weights_path)
+    return net
+
+
+def _create_timm(name: str, num_classes: int, pretrained: bool) -> nn.Module:
+    timm = _timm()
+    if not timm.is_model(name):
+        raise ConfigError(f"model.arch=timm/{name} is not allowed; use a name timm.list_models() lists")
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+    except (OSError, RuntimeError) as error:  # no network, or no Hugging Face Hub cache entry
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise WeightsUnavailableError(
+            f"cannot fetch timm's weights of {name} ({reason}); put them in the Hugging Face cache "
+            "(HF_HOME), or pass model.weights_path=<state dict file>, or train from random init with "
+            "model.weights=null"
+        ) from None
 
 
 def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -58,7 +391,8 @@ def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str
 
     Every backbone tensor must be there with its shape; the first one that is not is named in the error.
     """
-    expected = {key: value for key, value in model.state_dict().items() if not key.startswith(HEAD_PREFIX)}
+    head = set(head_parameter_names(model))
+    expected = {key: value for key, value in model.state_dict().items() if key not in head}
     for key, value in expected.items():
         if key.endswith(BATCHES_TRACKED):  # absent from older weights files; BatchNorm fills it in
             continue
@@ -83,24 +417,20 @@ def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str
 
 
 def _download_weights(arch: str, name: str) -> dict[str, torch.Tensor]:
-    enum = torchvision.models.get_model_weights(arch)
-    if name not in enum.__members__:
-        raise ValueError(
-            f"model.weights={name} is not a {enum.__name__}; choose one of {', '.join(enum.__members__)}"
-        )
-    weights = enum[name]
+    weights = torchvision.models.get_model_weights(arch)[name]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad hash is a RuntimeError
         raise WeightsUnavailableError(
-            f"cannot fetch {enum.__name__}.{name} from {weights.url} ({error}); put that file at {cached}, "
-            "or pass model.weights_path=<state dict file>, or train from random init with model.weights=null"
+            f"cannot fetch {type(weights).__name__}.{name} from {weights.url} ({error}); put that file at "
+            f"{cached}, or pass model.weights_path=<state dict file>, or train from random init with "
+            "model.weights=null"
         ) from None
 
 
 def _load_state_dict_file(path: Path, arch: str) -> dict[str, torch.Tensor]:
-    """A torchvision state dict, or a fruitres checkpoint (its network's weights, `net.` prefix removed)."""
+    """A state dict, or a fruitres checkpoint (its network's weights, `net.` prefix removed)."""
     if not path.is_file():
         raise WeightsUnavailableError(
             f"model.weights_path={path} does not exist; give a {arch} state-dict file or a fruitres .ckpt"
@@ -114,12 +444,21 @@ def _load_state_dict_file(path: Path, arch: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def stage_modules(model: torchvision.models.ResNet, stage: int) -> list[nn.Module]:
-    """The modules of stage `stage` (0 = stem, 1..4 = layer1..layer4)."""
-    return [getattr(model, name) for name in STAGES[stage]]
+def stage_names(arch: str) -> list[str]:
+    """The names of `arch`'s stages, from a network built on the meta device where its builder allows."""
+    try:
+        with torch.device("meta"):  # no memory, no initialisation
+            net = build_backbone(arch, num_classes=2)
+    except NotImplementedError:  # a builder that reads tensor values (RegNet's block widths)
+        net = build_backbone(arch, num_classes=2)
+    return [stage.name for stage in backbone_stages(net)]
 
 
-def stage_name(stage: int) -> str:
-    """Stage `stage`'s name in optimizer groups and learning-rate curves: stem, layer1, ..., layer4."""
-    names = STAGES[stage]
-    return names[0] if len(names) == 1 else "stem"
+def check_frozen_stages(arch: str, frozen_stages: object, names: Sequence[str]) -> None:
+    """Raise ConfigError, giving this arch's range and stages, unless `frozen_stages` is 0..len(names)."""
+    valid = isinstance(frozen_stages, int) and not isinstance(frozen_stages, bool)
+    if not (valid and 0 <= frozen_stages <= len(names)):
+        raise ConfigError(
+            f"model.frozen_stages={frozen_stages} is not allowed; use an integer 0..{len(names)} "
+            f"({arch}'s stages: {', '.join(names)}; 0 = train everything, {len(names)} = only the head)"
+        )

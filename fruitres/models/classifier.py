@@ -1,9 +1,8 @@
-"""The LightningModule: a torchvision ResNet fine-tuned to classify fruit photos."""
+"""The LightningModule: a torchvision or timm backbone fine-tuned to classify fruit photos."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -14,7 +13,17 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from fruitres.models.backbone import STAGES, build_resnet, stage_modules, stage_name
+from fruitres.models.backbone import (
+    Stage,
+    backbone_features,
+    backbone_head,
+    backbone_stages,
+    build_backbone,
+    check_frozen_stages,
+    head_parameters,
+)
+from fruitres.models.schedules import max_time_fraction
+from fruitres.models.tta import tta_log_probs
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05}
 
@@ -35,9 +44,9 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
 
 
 class FruitClassifier(LightningModule):
-    """A ResNet with a new `num_classes` head; the first `frozen_stages` stages can be frozen.
+    """A backbone (models/backbone.py) with a new `num_classes` head; its first `frozen_stages` can be frozen.
 
-    Stages count stem, layer1, layer2, layer3, layer4 (5 = linear probe). A stage whose parameters are
+    A ResNet's stages are stem, layer1, ..., layer4 (5 = linear probe). A stage whose parameters are
     all frozen runs without autograd and keeps its BatchNorm layers in eval mode, whoever froze it
     (this module, or a fine-tuning callback that unfreezes stages later).
     """
@@ -61,18 +70,18 @@ class FruitClassifier(LightningModule):
         scheduler: Mapping | None = None,
     ) -> None:
         super().__init__()
-        if not 0 <= frozen_stages <= len(STAGES):
-            raise ValueError(f"model.frozen_stages={frozen_stages} is out of range; use 0..{len(STAGES)}")
         optimizer = _plain(optimizer) or DEFAULT_OPTIMIZER
         scheduler = _plain(scheduler)
         mix = _plain(mix)
         class_names = list(class_names) if class_names is not None else None
         self.save_hyperparameters()
-        self.net = build_resnet(arch, num_classes, weights, weights_path)
+        self.net = build_backbone(arch, num_classes, weights, weights_path)
+        self.stages: list[Stage] = backbone_stages(self.net)  # a plain list: views, not submodules
+        check_frozen_stages(arch, frozen_stages, [stage.name for stage in self.stages])
         self.mix = instantiate(mix, num_classes=num_classes) if mix else None  # Mixup/CutMix, training only
-        for stage in range(frozen_stages):
-            for module in stage_modules(self.net, stage):
-                module.requires_grad_(False)
+        self.tta: str | None = None  # test-time augmentation of test and predict steps (fruitres.eval tta=)
+        for stage in self.stages[:frozen_stages]:
+            stage.requires_grad_(False)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.train_metrics = accuracy_metrics(num_classes, "train/")
@@ -89,36 +98,37 @@ class FruitClassifier(LightningModule):
     # --- the network -------------------------------------------------------------------------
     def frozen_prefix(self) -> int:
         """How many leading stages have no trainable parameter."""
-        for stage in range(len(STAGES)):
-            if any(p.requires_grad for m in stage_modules(self.net, stage) for p in m.parameters()):
-                return stage
-        return len(STAGES)
+        for index, stage in enumerate(self.stages):
+            if any(p.requires_grad for p in stage.parameters()):
+                return index
+        return len(self.stages)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features (timm's name); no graph is built through the frozen prefix."""
+        """Pooled backbone features (timm's name).
+
+        Autograd records nothing through the frozen prefix: neither its input nor its parameters need
+        gradients.
+        """
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        frozen = self.frozen_prefix()
-        x = images
-        for stage in range(len(STAGES)):
-            with torch.no_grad() if stage < frozen else nullcontext():
-                for module in stage_modules(self.net, stage):
-                    x = module(x)
-        return torch.flatten(self.net.avgpool(x), 1)
+        return backbone_features(self.net, images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
 
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits, or with `tta` set the log of the softmax averaged over its views."""
+        return self(images) if self.tta is None else tta_log_probs(self, images, self.tta)
+
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Logits from pooled features: what a linear probe on cached features trains."""
-        return self.net.fc(features)
+        return backbone_head(self.net, features)
 
     def train(self, mode: bool = True) -> FruitClassifier:
         """Train mode for all but the frozen prefix, whose BatchNorm statistics must not drift."""
         super().train(mode)
-        for stage in range(self.frozen_prefix()):
-            for module in stage_modules(self.net, stage):
-                module.eval()
+        for stage in self.stages[: self.frozen_prefix()]:
+            stage.eval()
         return self
 
     def parameter_counts(self) -> dict[str, int]:
@@ -134,7 +144,10 @@ class FruitClassifier(LightningModule):
         if stage == "train" and self.mix is not None and not cached_features:
             images, targets = self.mix(images, labels)  # soft targets; accuracy counts the dominant label
             labels = targets.argmax(dim=1)
-        logits = self.forward_head(cached_features[0]) if cached_features else self(images)
+        if cached_features:
+            logits = self.forward_head(cached_features[0])
+        else:
+            logits = self.classify(images) if stage == "test" else self(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         if stage == "train":
@@ -159,7 +172,7 @@ class FruitClassifier(LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, list | tuple) else batch
-        return self(images).softmax(dim=1)
+        return self.classify(images).softmax(dim=1)
 
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path is None:  # a resumed run keeps the best value its checkpoint holds
@@ -179,7 +192,7 @@ class FruitClassifier(LightningModule):
     # --- optimisation ------------------------------------------------------------------------
     def stage_lr(self, stage: int) -> float:
         """Stage `stage`'s lr: head lr × `backbone_lr_mult` × `layer_lr_decay` ^ (distance from the head)."""
-        distance = len(STAGES) - stage  # layer4 is 1 from the head, the stem 5
+        distance = len(self.stages) - stage  # the last stage is 1 from the head
         hparams = self.hparams
         return hparams.optimizer["lr"] * hparams.backbone_lr_mult * hparams.layer_lr_decay**distance
 
@@ -200,13 +213,12 @@ class FruitClassifier(LightningModule):
 
     def stage_param_groups(self, stage: int) -> list[dict[str, Any]]:
         """The optimizer groups of one backbone stage (what gradual unfreezing adds when it unfreezes it)."""
-        params = [p for module in stage_modules(self.net, stage) for p in module.parameters()]
-        return self._groups(stage_name(stage), params, self.stage_lr(stage))
+        return self._groups(self.stages[stage].name, self.stages[stage].parameters(), self.stage_lr(stage))
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The head at the optimizer's lr first, then each trainable stage from the top at `stage_lr`."""
-        groups = self._groups("head", self.net.fc.parameters(), self.hparams.optimizer["lr"])
-        for stage in reversed(range(len(STAGES))):
+        groups = self._groups("head", head_parameters(self.net), self.hparams.optimizer["lr"])
+        for stage in reversed(range(len(self.stages))):
             groups.extend(self.stage_param_groups(stage))
         return groups
 
@@ -215,5 +227,10 @@ class FruitClassifier(LightningModule):
         if self.hparams.scheduler is None:
             return {"optimizer": optimizer}
         make_scheduler = instantiate(self.hparams.scheduler, _partial_=True)
-        scheduler = make_scheduler(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        clock = (
+            {"time_fraction": max_time_fraction(self.trainer)}
+            if self.hparams.scheduler.get("fit_to_max_time")
+            else {}
+        )
+        scheduler = make_scheduler(optimizer, total_steps=self.trainer.estimated_stepping_batches, **clock)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fruitres.files import write_csv_whole, write_text_whole
+from fruitres.reports.uncertainty import accuracy_interval, format_interval
 
 PER_CLASS_FIELDS = ("class", "support", "precision", "recall", "f1")
 CONFUSED_FIELDS = ("true", "predicted", "count", "share")
@@ -69,13 +70,19 @@ def write_eval_report(
 
 
 def print_report(
-    metrics: dict[str, float], rows: list[dict[str, Any]], pairs: list[dict[str, Any]], show: int
+    metrics: dict[str, float],
+    rows: list[dict[str, Any]],
+    pairs: list[dict[str, Any]],
+    show: int,
+    num_images: int | None = None,
 ) -> None:
-    """The overall metrics, the worst and best classes by F1, and the most confused pairs."""
+    """The overall metrics (accuracy with its 95% interval), the worst and best classes by F1, and the
+    most confused pairs."""
     console = Console()
-    overall = Table("metric", "value", title="Test set")
+    overall = Table("metric", "value", "95% interval (Wilson)", title=f"Test set ({num_images} images)")
     for name, value in metrics.items():
-        overall.add_row(name, f"{value:.4f}")
+        interval = accuracy_interval(value, num_images) if name == "test/acc" else None
+        overall.add_row(name, f"{value:.4f}", format_interval(interval))
     console.print(overall)
 
     shown = rows if len(rows) <= 2 * show else [*rows[:show], None, *rows[-show:]]

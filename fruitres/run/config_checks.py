@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any, get_args
 
 import torch
-import torchvision
 from lightning.fabric.connector import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 from omegaconf import DictConfig, OmegaConf
 
 from fruitres.data.datamodule import BAD_IMAGE_POLICIES
 from fruitres.data.embedded import MIN_IMAGE_SIZE
 from fruitres.errors import ConfigError
-from fruitres.models.backbone import ARCHS, STAGES
+from fruitres.models.backbone import check_arch, check_frozen_stages, stage_names, weights_names
 
 _ABSENT = object()
 PRECISIONS = tuple(  # what lightning.Trainer(precision=...) takes
@@ -74,12 +73,6 @@ RULES: tuple[Rule, ...] = (
     Rule("data.batch_size", "an integer ≥ 1", int_at_least(1)),
     Rule("data.num_workers", "null (automatic) or an integer ≥ 0", optional(int_at_least(0))),
     Rule("data.on_bad_image", " or ".join(BAD_IMAGE_POLICIES), one_of(BAD_IMAGE_POLICIES)),
-    Rule("model.arch", "one of " + ", ".join(ARCHS), one_of(ARCHS)),
-    Rule(
-        "model.frozen_stages",
-        f"an integer 0..{len(STAGES)} (0 = train everything, {len(STAGES)} = only the head)",
-        int_at_least(0, len(STAGES)),
-    ),
     Rule("model.backbone_lr_mult", "a number ≥ 0", number_in(0)),
     Rule("model.label_smoothing", "a number ≥ 0 and < 1", number_in(0, 1)),
     Rule("model.optimizer.lr", "a number > 0", number_in(0, low_open=True)),
@@ -108,7 +101,7 @@ def validate_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, rule.key, default=_ABSENT)
         if value is not _ABSENT and not rule.check(value):
             raise ConfigError(f"{rule.key}={value} is not allowed; use {rule.allowed}")
-    _check_weights_name(cfg)
+    _check_model(cfg)
 
 
 # What to pass for the keys an entry point's config leaves as ??? (required on the command line).
@@ -127,12 +120,18 @@ def _check_required(cfg: DictConfig) -> None:
         raise ConfigError(f"{key} is required; pass {REQUIRED_VALUES.get(key, f'{key}=<value>')}")
 
 
-def _check_weights_name(cfg: DictConfig) -> None:
-    """A torchvision weights name is checked against its enum here, before anything is downloaded."""
-    name = OmegaConf.select(cfg, "model.weights", default=None)
+def _check_model(cfg: DictConfig) -> None:
+    """model.arch is one fruitres builds, frozen_stages in its range, weights one of its own: no download."""
     arch = OmegaConf.select(cfg, "model.arch", default=None)
-    if name is None or arch is None:
+    if arch is None:
         return
-    names = torchvision.models.get_model_weights(arch).__members__
+    check_arch(arch)
+    frozen_stages = OmegaConf.select(cfg, "model.frozen_stages", default=_ABSENT)
+    if frozen_stages is not _ABSENT:
+        check_frozen_stages(arch, frozen_stages, stage_names(arch))
+    name = OmegaConf.select(cfg, "model.weights", default=None)
+    if name is None:
+        return
+    names = weights_names(arch)
     if name not in names:
         raise ConfigError(f"model.weights={name} is not allowed; use null or one of {', '.join(names)}")

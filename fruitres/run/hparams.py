@@ -8,6 +8,8 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from fruitres.run.provenance import flat_provenance
+
 # Final metrics shown as columns of TensorBoard's HParams tab; logged again when the run ends.
 HPARAM_METRICS = ("val/acc_best", "test/acc", "test/acc_top5")
 
@@ -17,7 +19,7 @@ def hparam_metric_tag(metric: str) -> str:
 
 
 def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, trainer: L.Trainer) -> None:
-    """Send the composed config, the parameter counts and the command-line overrides to every logger."""
+    """Send the composed config, the parameter counts and the run's provenance to every logger."""
     if not trainer.loggers:
         return
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -30,6 +32,9 @@ def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, trainer: L.Tr
     }
     hparams["model"] = {k: v for k, v in hparams["model"].items() if k != "class_names"}
     hparams.update(model.parameter_counts())
+    hparams["provenance"] = {  # the checkpoint's own provenance (a resumed run) stays in run_record.json
+        key: value for key, value in flat_provenance() if not key.startswith("checkpoint.provenance.")
+    }
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hparams, metrics={hparam_metric_tag(m): 0.0 for m in HPARAM_METRICS})

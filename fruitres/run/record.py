@@ -1,8 +1,9 @@
 """Each job's outcome in its own run directory (`run_record.json`): what sweep tables are built from.
 
 A record says whether the job finished (status ok) or failed (with its error), its overrides, its wall
-time, how many epochs it trained and its final metrics. In a sweep a failed job is recorded and the
-sweep goes on; a re-launched sweep (same `hydra.sweep.dir`) reuses the jobs already recorded as ok.
+time, how many epochs it trained, its final metrics and what produced them (its provenance: code, command,
+versions, data, hardware; fruitres/run/provenance.py). In a sweep a failed job is recorded and the sweep
+goes on; a re-launched sweep (same `hydra.sweep.dir`) reuses the jobs already recorded as ok.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from omegaconf import DictConfig
 from fruitres.checkpoints.files import CHECKPOINT_DIR, LAST
 from fruitres.errors import FixableError
 from fruitres.files import write_text_whole
+from fruitres.run.provenance import begin_provenance
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ def run_recorded(cfg: DictConfig, job: Callable[[], dict[str, float]]) -> float 
         "overrides": overrides,
         "optimized_metric": metric,
         "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "provenance": begin_provenance(cfg.get("ckpt_path")),  # the job adds its data and precision
     }
     started = time.time()
     try:

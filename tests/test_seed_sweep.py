@@ -1,0 +1,117 @@
+"""A 2×2 sweep over two seeds, tracked by TensorBoard and MLflow: the table per configuration over seeds,
+and every job read back from the MLflow store through MLflow's own client."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from test_sweeps import launch, only_sweep_dir
+
+from fruitres.errors import ConfigError
+from fruitres.reports.sweep_report import CSV_FILE, GROUPS_CSV_FILE, MARKDOWN_FILE
+from fruitres.reports.uncertainty import wilson_interval
+from fruitres.run.mlflow_tracking import MISSING, mlflow_logger
+from fruitres.run.record import read_record
+
+LEARNING_RATES = ("0.001", "0.003")
+
+
+@dataclass(frozen=True)
+class SeedSweep:
+    root: Path
+    sweep_dir: Path
+
+
+@pytest.fixture(scope="module")
+def seed_sweep(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> SeedSweep:
+    root = tmp_path_factory.mktemp("seed-sweep")
+    result = launch(
+        root,
+        "-m",
+        "seed=0,1",
+        f"model.optimizer.lr={','.join(LEARNING_RATES)}",
+        "logger=[tensorboard,mlflow]",
+        f"data.data_dir={tiny_dataset}",
+        "data.image_size=32",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=1",
+        "+trainer.limit_train_batches=3",
+        "+trainer.limit_val_batches=1",
+        "callbacks.progress_bar=null",
+        "callbacks.figures=null",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return SeedSweep(root, only_sweep_dir(root))
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.slow
+def test_seeds_are_grouped_per_configuration_with_mean_std_and_interval(seed_sweep: SeedSweep) -> None:
+    jobs = read_rows(seed_sweep.sweep_dir / CSV_FILE)
+    groups = read_rows(seed_sweep.sweep_dir / GROUPS_CSV_FILE)
+    assert len(jobs) == 4 and {job["status"] for job in jobs} == {"ok"}
+    assert sorted(group["model.optimizer.lr"] for group in groups) == sorted(LEARNING_RATES)
+
+    for group in groups:
+        members = [job for job in jobs if job["model.optimizer.lr"] == group["model.optimizer.lr"]]
+        assert {job["seed"] for job in members} == {"0", "1"} and group["n"] == "2"
+        for metric in ("val/acc_best", "test/acc"):
+            values = [float(job[metric]) for job in members]
+            assert float(group[f"{metric} mean"]) == pytest.approx(statistics.fmean(values))
+            assert float(group[f"{metric} std"]) == pytest.approx(statistics.stdev(values))
+            assert float(group[f"{metric} min"]) == pytest.approx(min(values))
+            assert float(group[f"{metric} max"]) == pytest.approx(max(values))
+        assert group["test images"] == "50"
+        low, high = wilson_interval(round(float(group["test/acc mean"]) * 50), 50)
+        assert group["test/acc 95% CI (one run)"] == f"[{low:.4f}, {high:.4f}]"
+    for job in jobs:  # every job's test accuracy carries its own interval
+        low, high = wilson_interval(round(float(job["test/acc"]) * 50), 50)
+        assert job["test/acc 95% CI"] == f"[{low:.4f}, {high:.4f}]"
+    assert "By configuration, over seeds" in (seed_sweep.sweep_dir / MARKDOWN_FILE).read_text()
+
+
+@pytest.mark.slow
+def test_a_sweep_is_one_mlflow_experiment_with_a_run_per_job(seed_sweep: SeedSweep) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{seed_sweep.root}/logs/mlflow.db")
+    experiment = client.get_experiment_by_name(f"train/{seed_sweep.sweep_dir.name}")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 4
+    for run in runs:
+        job_dir = seed_sweep.sweep_dir / run.info.run_name.split(":")[0]
+        record = read_record(job_dir)
+        params = run.data.params
+        assert f"model.optimizer.lr={params['model/optimizer/lr']}" in record["overrides"]
+        assert f"seed={params['seed']}" in record["overrides"]
+        assert run.data.metrics["test/acc"] == pytest.approx(record["metrics"]["test/acc"])
+        assert len(client.get_metric_history(run.info.run_id, "train/loss_step")) == 3  # every step
+        tags = run.data.tags
+        assert tags["provenance.git.commit"] == str(record["provenance"]["git"]["commit"])
+        assert tags["provenance.data.splits.test.images"] == "50"
+        assert tags["provenance.hardware.precision"] == "32-true"
+        files = {
+            a.path
+            for folder in ("checkpoints", "sweep")
+            for a in client.list_artifacts(run.info.run_id, folder)
+        }
+        assert {"checkpoints/epoch_000.ckpt", f"sweep/{CSV_FILE}", f"sweep/{GROUPS_CSV_FILE}"} <= files
+
+
+def test_logger_mlflow_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # what `import mlflow` meets when it is not installed
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[mlflow\]"') as raised:
+        mlflow_logger(task_name="train", tracking_uri="sqlite:///unused.db")
+    assert str(raised.value) == MISSING and "\n" not in MISSING
