@@ -164,6 +164,11 @@ def uninterrupted(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
     return only_run_dir(root)
 
 
+def copy_of_run(run_dir: Path, tmp_path: Path) -> Path:
+    """A finished run's folder copied for a test to damage."""
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
 def kill_at(point: str) -> str:
     return f"+callbacks.kill={{_target_:faults.SigkillAt,epoch:1,point:{point}}}"
 
@@ -201,8 +206,7 @@ def test_run_killed_at_any_point_resumes_to_the_metrics_of_an_uninterrupted_run(
 def test_resume_from_a_cut_off_last_checkpoint_stops_with_one_line(
     uninterrupted: Path, tmp_path: Path
 ) -> None:
-    run_dir = tmp_path / "run"
-    shutil.copytree(uninterrupted, run_dir)
+    run_dir = copy_of_run(uninterrupted, tmp_path)
     last = run_dir / "checkpoints" / "last.ckpt"
     os.truncate(last, last.stat().st_size // 3)
     status, output = run_train([f"resume={run_dir}"], tmp_path)
@@ -217,8 +221,7 @@ def test_resume_from_a_cut_off_last_checkpoint_stops_with_one_line(
 def test_resume_without_last_ckpt_continues_from_the_best_epoch_and_keeps_its_files(
     uninterrupted: Path, tmp_path: Path
 ) -> None:
-    run_dir = tmp_path / "run"
-    shutil.copytree(uninterrupted, run_dir)
+    run_dir = copy_of_run(uninterrupted, tmp_path)
     (run_dir / "checkpoints" / "last.ckpt").unlink()
     (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
     best_step = torch.load(best, weights_only=True)["global_step"]
