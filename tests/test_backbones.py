@@ -221,3 +221,36 @@ def test_timm_model_without_the_extra_names_the_extra(monkeypatch: pytest.Monkey
     with pytest.raises(ConfigError) as error:
         FruitClassifier(num_classes=3, arch="timm/convnext_atto")
     assert str(error.value) == 'model.arch=timm/... needs the timm extra: pip install -e ".[timm]"'
+
+
+def test_gradual_unfreezing_trains_the_top_stage_of_another_family(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    overrides = [
+        *tiny_train_overrides(tiny_dataset, tmp_path),
+        "experiment=resnet18_gradual",
+        "model.weights=null",
+        "model.arch=timm/convnext_atto",
+        "model.frozen_stages=5",
+        "callbacks.gradual_unfreezing.unfreeze_epochs=[1]",
+        "callbacks.linear_probe_cache=null",
+        "callbacks.figures=null",
+        "callbacks.model_checkpoint=null",
+        "trainer.max_epochs=2",
+        "++trainer.limit_train_batches=1",
+        "++trainer.limit_val_batches=1",
+        "test=false",
+    ]
+    initial = build_backbone("timm/convnext_atto", num_classes=5).state_dict()
+    torch.save(initial, tmp_path / "initial.pth")
+    train(compose_config("train", [*overrides, f"model.weights_path={tmp_path / 'initial.pth'}"]))
+
+    trained = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = {k.removeprefix("net."): v for k, v in trained["state_dict"].items() if k.startswith("net.")}
+    names = [stage.name for stage in FruitClassifier(num_classes=5, arch="timm/convnext_atto").stages]
+    groups = {group["name"] for group in trained["optimizer_states"][0]["param_groups"]}
+    assert names[-1] in groups and names[-2] not in groups  # stage4 joined the optimizer, stage3 did not
+    assert not torch.equal(
+        state["stages.3.blocks.0.conv_dw.weight"], initial["stages.3.blocks.0.conv_dw.weight"]
+    )
+    assert torch.equal(state["stages.2.blocks.0.conv_dw.weight"], initial["stages.2.blocks.0.conv_dw.weight"])
