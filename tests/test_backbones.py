@@ -4,6 +4,7 @@ a weights-only checkpoint and an ONNX export (random init, 32-px images)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ ARCHS = [
     pytest.param("swin_t", marks=slow),
     pytest.param("vit_b_16", marks=slow),
 ]
+REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32  # below every family's native size: ViT resamples its position embeddings, Swin pads
 
 
@@ -254,3 +256,22 @@ def test_gradual_unfreezing_trains_the_top_stage_of_another_family(
         state["stages.3.blocks.0.conv_dw.weight"], initial["stages.3.blocks.0.conv_dw.weight"]
     )
     assert torch.equal(state["stages.2.blocks.0.conv_dw.weight"], initial["stages.2.blocks.0.conv_dw.weight"])
+
+
+@slow
+def test_make_archs_writes_one_row_per_arch_with_its_measurements(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "archs"
+    command = [
+        sys.executable, "benchmarks/archs.py", "--data-dir", str(tiny_dataset), "--seconds", "5",
+        "--archs", "mobilenet_v3_small", "timm/convnext_atto", "--out", str(out),
+        f"data.image_size={IMAGE_SIZE}", "data.batch_size=16", "callbacks.progress_bar=null",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    report = json.loads((out / "archs.json").read_text())
+    assert [row["arch"] for row in report["rows"]] == ["mobilenet_v3_small", "timm/convnext_atto"]
+    for row in report["rows"]:
+        assert row["params_m"] > 1 and row["train_img_s"] > 0 and row["eval_img_s"] > 0
+        assert row["images_trained"] > 0 and 0 <= row["test_acc"] <= 1
+    assert "| timm/convnext_atto |" in (out / "archs.md").read_text()
