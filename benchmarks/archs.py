@@ -98,6 +98,14 @@ def run_arch(arch: str, args: argparse.Namespace, run_dir: Path) -> dict[str, fl
     }
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def markdown(rows: list[dict], header: str) -> str:
     lines = [header, "", "| arch | params (M) | train img/s | eval img/s | images trained | test acc |"]
     lines.append("|---|---:|---:|---:|---:|---:|")
@@ -124,11 +132,11 @@ def main() -> None:
     for arch in args.archs:
         rows.append(run_arch(arch, args, out / arch.replace("/", "-")))
         print(json.dumps(rows[-1]), flush=True)
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_model()
     header = (
-        f"From scratch (experiment=resnet18_scratch: 64 px, batch 64), {args.seconds} s of fitting each, "
-        f"{torch.get_num_threads()} threads, {psutil.cpu_count()} CPUs ({cpu}), "
-        f"load average at the end {psutil.getloadavg()[0]:.1f}; command: {' '.join(sys.argv)}"
+        f"From scratch (experiment=resnet18_scratch; overrides: {' '.join(args.overrides) or 'none'}), "
+        f"{args.seconds} s of fitting each, {torch.get_num_threads()} threads, {psutil.cpu_count()} CPUs "
+        f"({cpu}), load average at the end {psutil.getloadavg()[0]:.1f}; command: {' '.join(sys.argv)}"
     )
     table = markdown(rows, header)
     write_text_whole(out / "archs.md", table)

@@ -75,18 +75,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "test", datamodule.mean, datamodule.std, figures.ncols
     )
     output_dir = Path(cfg.paths.output_dir)
-    test_set = datamodule.datasets["test"]
-    image_rows = outcomes.rows([datamodule.split_paths["Test"][row] for row in test_set.rows], names)
-    write_csv_whole(
-        output_dir / "predictions.csv",
-        [{k: row[k] for k in PREDICTION_FIELDS} for row in image_rows],
-        PREDICTION_FIELDS,
-    )
-    top = image_rows[: cfg.top_losses]
-    if top:
-        images = torch.stack([test_set[row["index"]][0] for row in top]).float() / 255
-        rendered = {**rendered, "top_losses": top_losses_figure(images, top)}
-        log_figure(trainer, "test/top_losses", rendered["top_losses"])
+    if trainer.world_size == 1:  # each process sees only its share of the images under DDP
+        test_set = datamodule.datasets["test"]
+        image_rows = outcomes.rows([datamodule.split_paths["Test"][row] for row in test_set.rows], names)
+        write_csv_whole(
+            output_dir / "predictions.csv",
+            [{k: row[k] for k in PREDICTION_FIELDS} for row in image_rows],
+            PREDICTION_FIELDS,
+        )
+        top = image_rows[: cfg.top_losses]
+        if top:
+            images = torch.stack([test_set[row["index"]][0] for row in top]).float() / 255
+            rendered = {**rendered, "top_losses": top_losses_figure(images, top)}
+            log_figure(trainer, "test/top_losses", rendered["top_losses"])
+    else:
+        log.warning("predictions.csv and top_losses.png need one device; evaluate with trainer.devices=1")
     write_eval_report(output_dir, summary, rows, pairs, rendered)
     report_files = sorted(path for path in output_dir.iterdir() if path.suffix in {".json", ".csv", ".png"})
     store_run_files(trainer, report_files, "eval")  # MLflow: provenance tags and the report

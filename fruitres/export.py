@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,24 @@ def example_inputs(checkpoint: LoadedCheckpoint) -> torch.Tensor:
     return torch.zeros(2, 3, checkpoint.image_size, checkpoint.image_size)
 
 
+@contextmanager
+def plain_attention() -> Iterator[None]:
+    """Without nn.MultiheadAttention's fused inference kernel, which has no ONNX form.
+
+    PyTorch takes it in eval mode when no parameter needs gradients: a ViT linear probe's checkpoint.
+    """
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 def export_onnx(checkpoint: LoadedCheckpoint, path: Path, opset: int) -> None:
     """ONNX graph with a dynamic batch axis, run by ONNX Runtime or any ONNX consumer."""
     # The TorchScript-based exporter: the torch.export-based default needs the extra onnxscript package.
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), plain_attention():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             checkpoint.model,

@@ -4,6 +4,7 @@ a weights-only checkpoint and an ONNX export (random init, 32-px images)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ ARCHS = [
     pytest.param("swin_t", marks=slow),
     pytest.param("vit_b_16", marks=slow),
 ]
+REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32  # below every family's native size: ViT resamples its position embeddings, Swin pads
 
 
@@ -221,3 +223,55 @@ def test_timm_model_without_the_extra_names_the_extra(monkeypatch: pytest.Monkey
     with pytest.raises(ConfigError) as error:
         FruitClassifier(num_classes=3, arch="timm/convnext_atto")
     assert str(error.value) == 'model.arch=timm/... needs the timm extra: pip install -e ".[timm]"'
+
+
+def test_gradual_unfreezing_trains_the_top_stage_of_another_family(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    overrides = [
+        *tiny_train_overrides(tiny_dataset, tmp_path),
+        "experiment=resnet18_gradual",
+        "model.weights=null",
+        "model.arch=timm/convnext_atto",
+        "model.frozen_stages=5",
+        "callbacks.gradual_unfreezing.unfreeze_epochs=[1]",
+        "callbacks.linear_probe_cache=null",
+        "callbacks.figures=null",
+        "callbacks.model_checkpoint=null",
+        "trainer.max_epochs=2",
+        "++trainer.limit_train_batches=1",
+        "++trainer.limit_val_batches=1",
+        "test=false",
+    ]
+    initial = build_backbone("timm/convnext_atto", num_classes=5).state_dict()
+    torch.save(initial, tmp_path / "initial.pth")
+    train(compose_config("train", [*overrides, f"model.weights_path={tmp_path / 'initial.pth'}"]))
+
+    trained = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = {k.removeprefix("net."): v for k, v in trained["state_dict"].items() if k.startswith("net.")}
+    names = [stage.name for stage in FruitClassifier(num_classes=5, arch="timm/convnext_atto").stages]
+    groups = {group["name"] for group in trained["optimizer_states"][0]["param_groups"]}
+    assert names[-1] in groups and names[-2] not in groups  # stage4 joined the optimizer, stage3 did not
+    assert not torch.equal(
+        state["stages.3.blocks.0.conv_dw.weight"], initial["stages.3.blocks.0.conv_dw.weight"]
+    )
+    assert torch.equal(state["stages.2.blocks.0.conv_dw.weight"], initial["stages.2.blocks.0.conv_dw.weight"])
+
+
+@slow
+def test_make_archs_writes_one_row_per_arch_with_its_measurements(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "archs"
+    command = [
+        sys.executable, "benchmarks/archs.py", "--data-dir", str(tiny_dataset), "--seconds", "5",
+        "--archs", "mobilenet_v3_small", "timm/convnext_atto", "--out", str(out),
+        f"data.image_size={IMAGE_SIZE}", "data.batch_size=16", "callbacks.progress_bar=null",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    report = json.loads((out / "archs.json").read_text())
+    assert [row["arch"] for row in report["rows"]] == ["mobilenet_v3_small", "timm/convnext_atto"]
+    for row in report["rows"]:
+        assert row["params_m"] > 1 and row["train_img_s"] > 0 and row["eval_img_s"] > 0
+        assert row["images_trained"] > 0 and 0 <= row["test_acc"] <= 1
+    assert "| timm/convnext_atto |" in (out / "archs.md").read_text()

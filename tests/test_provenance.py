@@ -75,7 +75,8 @@ def test_a_training_run_records_its_provenance_and_its_checkpoints_carry_it(
     assert hardware["gpu_count"] == torch.cuda.device_count()
 
     stored = torch.load(trained_sweep.checkpoint, map_location="cpu", weights_only=True)[CHECKPOINT_KEY]
-    assert stored["git"] == provenance["git"] and stored["data"] == data
+    assert stored["git"] == provenance["git"] and stored["data"]["splits"]["train"] == data["splits"]["train"]
+    assert data["splits"]["test"]["tested"] == 50  # written after testing, so only in the record
 
     shown = logged_hparams(trained_sweep.run_dir)  # TensorBoard's HParams tab
     assert shown["provenance/git.commit"] == provenance["git"]["commit"]
@@ -94,5 +95,6 @@ def test_eval_records_the_checkpoints_own_provenance(trained_sweep: TrainedSweep
     assert provenance["command"].startswith(f"{Path(sys.executable).name} -m fruitres.eval ")
     assert provenance["checkpoint"]["path"] == str(trained_sweep.checkpoint)
     assert provenance["checkpoint"]["provenance"]["command"] == trained["command"]
-    assert provenance["data"]["splits"]["test"] == trained["data"]["splits"]["test"]
+    tested, trained_test = provenance["data"]["splits"]["test"], trained["data"]["splits"]["test"]
+    assert (tested["fingerprint"], tested["images"]) == (trained_test["fingerprint"], trained_test["images"])
     assert provenance["hardware"]["precision"] == "32-true"

@@ -266,6 +266,7 @@ def test_lr_find_writes_its_plot_and_a_finite_suggestion(tiny_dataset: Path, tmp
     assert metrics["lr_find/suggestion"] == result["suggestion"] and len(result["lr"]) == 20
 
 
+@pytest.mark.slow
 def test_training_with_tune_lr_find_trains_at_the_suggestion(tiny_dataset: Path, tmp_path: Path) -> None:
     overrides = [*lr_find_overrides(tiny_dataset, tmp_path), "tune.lr_find=true", "test=false"]
     train(

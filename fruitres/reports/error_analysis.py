@@ -41,7 +41,7 @@ class PerImageOutcomes(Callback):
         """One row per image, `paths` in the loader's order, highest loss first."""
         outcomes = torch.cat(self.batches) if self.batches else torch.empty(0, 4)
         if len(outcomes) != len(paths):
-            raise ValueError(f"{len(outcomes)} test outcomes for {len(paths)} images: evaluate on one device")
+            raise ValueError(f"{len(outcomes)} test outcomes for {len(paths)} images")
         rows = [
             {
                 "index": index,
