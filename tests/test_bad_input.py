@@ -117,7 +117,7 @@ def test_problem_folder_trains_end_to_end(problem_tree, tmp_path: Path) -> None:
         ("data.on_bad_image=ignore", "data.on_bad_image=ignore is not allowed; use skip or error"),
         (
             "model.arch=resnet99",
-            "model.arch=resnet99 is not allowed; use a torchvision classification model of the families resnet",
+            "model.arch=resnet99 is not allowed; use a torchvision classification model of the families",
         ),
         ("model.weights=IMAGENET1K_V9", "model.weights=IMAGENET1K_V9 is not allowed; use null or one of"),
         ("model.optimizer.lr=0", "model.optimizer.lr=0 is not allowed; use a number > 0"),
