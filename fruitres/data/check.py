@@ -208,15 +208,23 @@ def _split_summary(images: dict[str, list[Path]], infos: dict[Path, ImageInfo]) 
     }
 
 
+def _by_hash(
+    images: dict[str, list[Path]], infos: dict[Path, ImageInfo]
+) -> dict[str, list[tuple[str, Path]]]:
+    """(class, path) of the readable-from-disk images, grouped by the sha256 of their bytes."""
+    by_hash: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for name, files in images.items():
+        for p in files:
+            if infos[p].sha256:
+                by_hash[infos[p].sha256].append((name, p))
+    return by_hash
+
+
 def _overlap(
     train: dict[str, list[Path]], test: dict[str, list[Path]], infos: dict[Path, ImageInfo], root: Path
 ) -> dict[str, Any]:
     """Test images whose exact bytes also occur in Training, by sha256."""
-    by_hash: dict[str, list[tuple[str, Path]]] = defaultdict(list)
-    for name, files in train.items():
-        for p in files:
-            if infos[p].sha256:
-                by_hash[infos[p].sha256].append((name, p))
+    by_hash = _by_hash(train, infos)
     pairs = []
     test_images = 0
     for name, files in test.items():
@@ -240,11 +248,7 @@ def _relabelled_copies(
     train: dict[str, list[Path]], infos: dict[Path, ImageInfo], root: Path
 ) -> list[list[str]]:
     """Groups of byte-identical Training images filed under more than one class."""
-    by_hash: dict[str, list[tuple[str, Path]]] = defaultdict(list)
-    for name, files in train.items():
-        for p in files:
-            if infos[p].sha256:
-                by_hash[infos[p].sha256].append((name, p))
+    by_hash = _by_hash(train, infos)
     return [
         [_rel(p, root) for _, p in copies] for copies in by_hash.values() if len({n for n, _ in copies}) > 1
     ]
