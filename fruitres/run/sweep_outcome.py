@@ -28,22 +28,25 @@ OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweepe
 SWEEP_FAILED_EXIT_STATUS = 1
 
 
-def jobs_started_since(sweep_dir: Path, since: float) -> list[Path]:
-    """The job directories this launch ran in: Hydra rewrites a job's overrides file when it starts it."""
-    return [path for path in job_dirs(sweep_dir) if (path / OVERRIDES_FILE).stat().st_mtime >= since]
+def launch_records(sweep_dir: Path, since: float) -> dict[str, dict[str, Any]]:
+    """The records of the jobs this launch ran (Hydra rewrites a job's overrides file when it starts it);
+    a job without one (killed, or still running elsewhere) counts as failed."""
+    return {
+        path.name: read_record(path) or {"status": "no record", "error": None}
+        for path in job_dirs(sweep_dir)
+        if (path / OVERRIDES_FILE).stat().st_mtime >= since
+    }
 
 
-def failure_summary(sweep_dir: Path, since: float) -> str | None:
-    """One line on the jobs since `since` that did not finish ok, or None when every one did."""
-    jobs = jobs_started_since(sweep_dir, since)
-    records = {path.name: read_record(path) or {"status": "no record", "error": None} for path in jobs}
+def failure_summary(sweep_dir: Path, records: dict[str, dict[str, Any]]) -> str | None:
+    """One line on the jobs that did not finish ok, or None when every one did."""
     failed = {name: record for name, record in records.items() if record["status"] != "ok"}
     if not failed:
         return None
     name, first = next(iter(failed.items()))
     reason = first["error"] or first["status"]
     return (
-        f"{len(failed)} of {len(jobs)} jobs of this sweep failed (job {name}: {reason}); "
+        f"{len(failed)} of {len(records)} jobs of this sweep failed (job {name}: {reason}); "
         f"each job's error is in {sweep_dir / MARKDOWN_FILE}"
     )
 
@@ -68,12 +71,16 @@ class SweepOutcome(Callback):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         write_sweep_report(sweep_dir)
-        if _is_last_optuna_trial(config) and not _any_ok(sweep_dir, self.started):
+        if not _is_last_optuna_trial(config):
+            return
+        records = launch_records(sweep_dir, self.started)
+        if not any(record["status"] == "ok" for record in records.values()):
             # Optuna's sweeper raises "No trials are completed yet" right after this trial; stop first.
-            exit_failed(failure_summary(sweep_dir, self.started) or "no Optuna trial finished")
+            exit_failed(failure_summary(sweep_dir, records) or "no Optuna trial finished")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        summary = failure_summary(Path(config.hydra.sweep.dir), self.started)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        summary = failure_summary(sweep_dir, launch_records(sweep_dir, self.started))
         if summary:
             exit_failed(summary)
 
@@ -81,9 +88,3 @@ class SweepOutcome(Callback):
 def _is_last_optuna_trial(config: DictConfig) -> bool:
     sweeper = config.hydra.sweeper
     return sweeper.get("_target_") == OPTUNA_SWEEPER and config.hydra.job.num == sweeper.n_trials - 1
-
-
-def _any_ok(sweep_dir: Path, since: float) -> bool:
-    return any(
-        (read_record(path) or {}).get("status") == "ok" for path in jobs_started_since(sweep_dir, since)
-    )
