@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +96,7 @@ class TrainedSweep:
 
 
 @pytest.fixture(scope="session")
-def trained_sweep(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedSweep:
+def trained_sweep(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedSweep]:
     """A real `python -m fruitres.train -m` sweep on the tiny dataset (two learning rates, 2 epochs each),
     trained once per session for the eval, predict, export, dashboard and notebook tests."""
     root = tmp_path_factory.mktemp("sweep-root")
@@ -123,4 +125,5 @@ def trained_sweep(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir,) = (root / "logs" / "train" / "multiruns").iterdir()
     runs = sorted(path for path in sweep_dir.iterdir() if (path / "checkpoints").is_dir())
-    return TrainedSweep(sweep_dir=sweep_dir, runs=runs)
+    yield TrainedSweep(sweep_dir=sweep_dir, runs=runs)
+    shutil.rmtree(root, ignore_errors=True)  # a module's runs hold GBs of checkpoints: free the disk

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +74,7 @@ def data_overrides(data_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> DdpRun:
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DdpRun]:
     """`python -m fruitres.train trainer=ddp_cpu`: 2 gloo processes started by Lightning, one short epoch."""
     root = tmp_path_factory.mktemp("ddp")
     data_dir = write_embedded_dataset(
@@ -94,7 +96,8 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> DdpRun:
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (root / "logs" / "train" / "runs").iterdir()
-    return DdpRun(root, run_dir, overrides)
+    yield DdpRun(root, run_dir, overrides)
+    shutil.rmtree(root, ignore_errors=True)  # a module's runs hold GBs of checkpoints: free the disk
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -157,11 +158,12 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def uninterrupted(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("uninterrupted")
     status, output = run_train([*RUN, f"data.data_dir={tiny_dataset}"], root)
     assert status == 0, output[-3000:]
-    return only_run_dir(root)
+    yield only_run_dir(root)
+    shutil.rmtree(root, ignore_errors=True)  # a module's runs hold GBs of checkpoints: free the disk
 
 
 def copy_of_run(run_dir: Path, tmp_path: Path) -> Path:

@@ -4,8 +4,10 @@ and every job read back from the MLflow store through MLflow's own client."""
 from __future__ import annotations
 
 import csv
+import shutil
 import statistics
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ class SeedSweep:
 
 
 @pytest.fixture(scope="module")
-def seed_sweep(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> SeedSweep:
+def seed_sweep(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedSweep]:
     root = tmp_path_factory.mktemp("seed-sweep")
     result = launch(
         root,
@@ -49,7 +51,8 @@ def seed_sweep(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "callbacks.figures=null",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return SeedSweep(root, only_sweep_dir(root))
+    yield SeedSweep(root, only_sweep_dir(root))
+    shutil.rmtree(root, ignore_errors=True)  # a module's runs hold GBs of checkpoints: free the disk
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,14 +146,15 @@ def test_grid_sweep_gives_each_job_its_directory_and_the_sweep_one_table(
 @pytest.fixture(scope="module")
 def sweep_with_a_failing_job(
     tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, list[str]]:
+) -> Iterator[tuple[Path, list[str]]]:
     """A sweep whose second job asks for a stage that does not exist."""
     root = tmp_path_factory.mktemp("failing-sweep")
     args = ["-m", *tiny_job_overrides(tiny_dataset), "model.frozen_stages=5,9"]
     result = launch(root, *args)
     assert result.returncode == 1, result.stderr[-3000:]  # a job failed: the sweep says so, after its table
     assert result.stderr.splitlines()[-1].startswith("1 of 2 jobs of this sweep failed (job 1: ConfigError")
-    return root, args
+    yield root, args
+    shutil.rmtree(root, ignore_errors=True)  # a module's runs hold GBs of checkpoints: free the disk
 
 
 def test_failing_job_is_reported_with_its_error_and_the_other_jobs_complete(

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,7 @@ class TransferStudy:
 
 
 @pytest.fixture(scope="module")
-def transfer_study(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> TransferStudy:
+def transfer_study(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransferStudy]:
     """`make transfer` on the tiny dataset: classes A and B are 3 and 2 of its 5 classes, the source trains
     one epoch, each target job 2 steps (validated once)."""
     if shutil.which("make") is None:
@@ -90,7 +91,8 @@ def transfer_study(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory)
     env = {**os.environ, "FRUITRES_ROOT": str(root)}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return TransferStudy(root / "study", result.stdout)
+    yield TransferStudy(root / "study", result.stdout)
+    shutil.rmtree(root, ignore_errors=True)  # a module's runs hold GBs of checkpoints: free the disk
 
 
 def backbone(checkpoint: Path) -> dict[str, torch.Tensor]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,13 +43,14 @@ def unexpected_warnings(output: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def embedded_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def embedded_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """The main job on the embedded data, shortened to one epoch at 32 px: (root, its output)."""
     root = tmp_path_factory.mktemp("warnings-root")
     output = run_entry_point(
         "train", ["trainer.max_epochs=1", "data.image_size=32", "trainer.log_every_n_steps=1"], root
     )
-    return root, output
+    yield root, output
+    shutil.rmtree(root, ignore_errors=True)  # a module's runs hold GBs of checkpoints: free the disk
 
 
 def best_checkpoint(root: Path) -> Path:
