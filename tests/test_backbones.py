@@ -16,10 +16,13 @@ from omegaconf import open_dict
 
 from fruitres.callbacks.feature_cache import backbone_fingerprint
 from fruitres.checkpoints.loading import load_checkpoint
+from fruitres.data.images import decode_image
 from fruitres.errors import ConfigError
+from fruitres.eval import evaluate
 from fruitres.export import export
 from fruitres.models.backbone import (
     Logits,
+    backbone_data_config,
     backbone_features,
     backbone_head,
     backbone_stages,
@@ -27,6 +30,7 @@ from fruitres.models.backbone import (
     head_parameter_names,
 )
 from fruitres.models.classifier import FruitClassifier
+from fruitres.predict import predict
 from fruitres.run.config_checks import validate_config
 from fruitres.train import train
 
@@ -181,6 +185,75 @@ def test_torchscript_traces_the_logits_at_the_training_image_size(arch: str) -> 
     with torch.no_grad():
         traced = torch.jit.trace(Logits(net), images)
         torch.testing.assert_close(traced(images), Logits(net)(images))
+
+
+@slow
+def test_timm_data_config_preprocesses_training_the_checkpoint_eval_and_predict(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """timm/test_vit3's pretrained config: mean and std 0.5, bicubic resizing, a fixed input size (160),
+    built for the configured 24 px; the 32-px images are resized, so the filter shows in the pixels."""
+    run_dir, size = tmp_path / "run", 24
+    overrides = [
+        *tiny_train_overrides(tiny_dataset, run_dir),
+        "model.arch=timm/test_vit3",
+        f"data.image_size={size}",
+        "callbacks.figures=null",
+        "++trainer.limit_train_batches=2",
+        "++trainer.limit_val_batches=1",
+    ]
+    cfg = compose_config("train", overrides)
+    assert cfg.data.mean is None and cfg.data.interpolation is None  # the backbone's own, resolved by the run
+    validate_config(cfg)
+    trained = train(cfg)
+
+    (checkpoint_file,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
+    saved = torch.load(checkpoint_file, map_location="cpu", weights_only=True)["datamodule_hyper_parameters"]
+    assert (saved["mean"], saved["std"]) == ([0.5] * 3, [0.5] * 3)
+    assert (saved["interpolation"], saved["image_size"]) == ("bicubic", size)
+
+    evaluated = evaluate(
+        compose_config(
+            "eval",
+            [
+                f"ckpt_path={checkpoint_file}",
+                f"paths.root_dir={tmp_path / 'eval'}",
+                f"paths.output_dir={tmp_path / 'eval'}",
+                "trainer.accelerator=cpu",
+                "data.num_workers=0",
+            ],
+        )
+    )
+    assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], abs=1e-5)  # same inputs as training
+
+    image = sorted((tiny_dataset / "Test").glob("*/*.jpg"))[0]
+    (predicted,) = predict(
+        compose_config(
+            "predict",
+            [
+                f"ckpt_path={checkpoint_file}",
+                f"inputs={image}",
+                f"paths.output_dir={tmp_path}",
+                "trainer=cpu",
+            ],
+        )
+    )
+    model = load_checkpoint(checkpoint_file).model
+    pixels = (
+        torch.from_numpy(decode_image(image, size, "bicubic").copy()).permute(2, 0, 1)[None].float() / 255
+    )
+    with torch.no_grad():
+        expected = model((pixels - 0.5) / 0.5).softmax(dim=1)[0].sort(descending=True).values
+    torch.testing.assert_close(torch.tensor(predicted.probabilities), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_torchvision_weights_give_the_data_config_of_their_transforms() -> None:
+    swag = backbone_data_config("vit_b_16", "IMAGENET1K_SWAG_E2E_V1")
+    assert (swag.image_size, swag.interpolation) == (384, "bicubic")
+    assert backbone_data_config("vit_b_16").image_size == 224  # DEFAULT: IMAGENET1K_V1
+    assert backbone_data_config("resnet18", "IMAGENET1K_V1").interpolation == "bilinear"
+    with pytest.raises(ConfigError, match="model.arch=timm/resnet18.no_such_tag is not allowed"):
+        backbone_data_config("timm/resnet18.no_such_tag")
 
 
 def test_frozen_stages_out_of_range_gives_the_familys_range_and_stages(

@@ -125,6 +125,18 @@ def test_problem_folder_trains_end_to_end(problem_tree, tmp_path: Path) -> None:
         ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt is not allowed; use an existing .ckpt file"),
         ("data.train_per_class=0", "data.train_per_class=0 is not allowed; use null (all) or an integer ≥ 1"),
         ("data.image_size=8", "data.image_size=8 is not allowed; use an integer ≥ 16"),
+        (
+            "data.interpolation=cubic",
+            "data.interpolation=cubic is not allowed; use null (the backbone's own) or one of nearest,",
+        ),
+        (
+            "data.mean=[0.5,0.5]",
+            "data.mean=[0.5, 0.5] is not allowed; use null (the backbone's own) or three",
+        ),
+        (
+            "data.std=[0.5,0,0.5]",
+            "data.std=[0.5, 0, 0.5] is not allowed; use null (the backbone's own) or three",
+        ),
     ],
 )
 def test_out_of_range_value_names_the_key_the_value_and_what_is_allowed(override: str, message: str) -> None:
@@ -133,6 +145,27 @@ def test_out_of_range_value_names_the_key_the_value_and_what_is_allowed(override
         validate_config(cfg)
     assert str(error.value).startswith(message)
     assert "\n" not in str(error.value)
+
+
+def test_preprocessing_set_by_hand_or_left_to_the_backbone_passes_the_checks() -> None:
+    for given in (["data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]", "data.interpolation=bicubic"], []):
+        validate_config(compose_config("train", [*given, "data.image_size=null"]))
+
+
+def test_mixing_a_linear_probe_on_cached_features_is_refused_naming_both_keys_and_the_fix() -> None:
+    probe = ["experiment=resnet18_linear_probe", "model.weights=null", "model/mix=mixup_cutmix"]
+    with pytest.raises(ConfigError) as error:
+        validate_config(compose_config("train", probe))
+    assert str(error.value) == (
+        "model.mix=MixupCutmix is not allowed; use null with callbacks.linear_probe_cache on a linear probe: "
+        "its head trains on cached features, which are never mixed; drop model/mix, or set "
+        "callbacks.linear_probe_cache=null to mix the images"
+    )
+    validate_config(
+        compose_config("train", [*probe, "callbacks.linear_probe_cache=null"])
+    )  # the live backbone
+    validate_config(compose_config("train", [*probe, "model.frozen_stages=4"]))  # layer4 trains: no cache
+    validate_config(compose_config("train", [*probe, "+data/augment=random_erasing"]))  # augmented: no cache
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

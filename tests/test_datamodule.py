@@ -121,3 +121,39 @@ def test_batches_are_normalised_and_augmented_only_in_training(tiny_dataset: Pat
     datamodule.trainer.training = True
     augmented, _ = datamodule.on_after_batch_transfer((images, labels), 0)
     torch.testing.assert_close(augmented, expected.flip(-1))
+
+
+def test_image_cache_resizes_with_the_interpolation_it_is_keyed_by(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    paths = sorted((tiny_dataset / "Test").glob("*/*.jpg"))[:4]  # 32 px, resized to 24
+    bilinear, _ = build_image_cache(paths, 24, tmp_path, "bilinear")
+    bicubic, _ = build_image_cache(paths, 24, tmp_path, "bicubic")
+    assert bilinear != bicubic  # a cache built with one filter is never read for the other
+    assert np.array_equal(np.load(bicubic)[0], decode_image(paths[0], 24, "bicubic"))
+    assert not np.array_equal(np.load(bilinear)[0], np.load(bicubic)[0])
+
+
+def test_null_preprocessing_is_the_backbones_own_and_a_given_value_wins(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("timm")
+    own = make_datamodule(tiny_dataset, tmp_path, backbone="timm/test_vit3", image_size=None)
+    assert (own.hparams.image_size, own.hparams.interpolation) == (160, "bicubic")  # timm's pretrained cfg
+    assert own.hparams.mean == own.hparams.std == [0.5, 0.5, 0.5]
+    assert own.normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)).eq(1.0).all()  # (1 - 0.5) / 0.5
+
+    given = make_datamodule(
+        tiny_dataset, tmp_path, backbone="timm/test_vit3", mean=[0.2, 0.3, 0.4], interpolation="nearest"
+    )
+    assert (given.hparams.image_size, given.hparams.interpolation) == (32, "nearest")
+    assert (given.hparams.mean, given.hparams.std) == ([0.2, 0.3, 0.4], [0.5, 0.5, 0.5])
+
+    torchvision_weights = make_datamodule(tiny_dataset, tmp_path, backbone="efficientnet_b0")
+    assert torchvision_weights.hparams.interpolation == "bicubic"  # EfficientNet_B0_Weights' transforms
+    assert torchvision_weights.hparams.mean == [0.485, 0.456, 0.406]
+    without_backbone = make_datamodule(tiny_dataset, tmp_path)  # as checkpoints from before these keys
+    assert (without_backbone.hparams.interpolation, without_backbone.hparams.std) == (
+        "bilinear",
+        [0.229, 0.224, 0.225],
+    )

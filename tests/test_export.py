@@ -18,39 +18,45 @@ from PIL import Image, ImageOps
 from fruitres.checkpoints.loading import load_checkpoint
 from fruitres.data.cache import build_image_cache
 from fruitres.data.image_files import ImageFiles
-from fruitres.data.images import DECODING
+from fruitres.data.images import decoding_rule
 from fruitres.export import export
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def consumer_pixels(path: Path, size: int) -> np.ndarray:
+def consumer_pixels(path: Path, size: int, interpolation: str) -> np.ndarray:
     """An RGB JPEG decoded as model.json's `preprocessing.decoding` says, with Pillow alone."""
     with Image.open(path) as image:
         rgb = ImageOps.exif_transpose(image).convert("RGB")
         if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            rgb = rgb.resize((size, size), Image.Resampling[interpolation.upper()])
         return np.asarray(rgb)
 
 
 def consumer_inputs(images: list[Path], meta: dict) -> np.ndarray:
     """What a program without fruitres does with model.json: decode, resize, scale, normalise, NCHW."""
     pre = meta["preprocessing"]
-    arrays = [consumer_pixels(path, pre["image_size"]).astype(np.float32) for path in images]
+    arrays = [
+        consumer_pixels(path, pre["image_size"], pre["interpolation"]).astype(np.float32) for path in images
+    ]
     batch = (np.stack(arrays) / 255 - np.array(pre["mean"], np.float32)) / np.array(pre["std"], np.float32)
     return batch.transpose(0, 3, 1, 2).astype(np.float32)
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("size", [32, 48, 100])
-def test_documented_decoding_gives_the_pixels_training_and_predict_see(tmp_path: Path, size: int) -> None:
+def test_documented_decoding_gives_the_pixels_training_and_predict_see(
+    tmp_path: Path, size: int, interpolation: str
+) -> None:
     """One decoding rule: the training cache, predict and model.json's recipe agree pixel for pixel."""
     photo = tmp_path / "photo.jpg"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(photo, quality=90)
-    assert "BILINEAR" in DECODING and "exif_transpose" in DECODING
-    (cache_file, unreadable) = build_image_cache([photo], size, tmp_path / "cache")
-    predicted = ImageFiles([photo], size)[0][0].permute(1, 2, 0).numpy()
-    expected = consumer_pixels(photo, size)
+    rule = decoding_rule(interpolation)
+    assert f"Image.Resampling.{interpolation.upper()}" in rule and "exif_transpose" in rule
+    (cache_file, unreadable) = build_image_cache([photo], size, tmp_path / "cache", interpolation)
+    predicted = ImageFiles([photo], size, interpolation)[0][0].permute(1, 2, 0).numpy()
+    expected = consumer_pixels(photo, size, interpolation)
     assert unreadable == []
     assert np.array_equal(np.load(cache_file)[0], expected)
     assert np.array_equal(predicted, expected)
@@ -72,7 +78,7 @@ def exported(checkpoint: Path, out: Path, fmt: str) -> tuple[Path, dict]:
 def lightning_logits(checkpoint: Path, images: list[Path]) -> torch.Tensor:
     """The checkpoint's logits on the files, preprocessed as `fruitres.predict` preprocesses them."""
     loaded = load_checkpoint(checkpoint)
-    files = ImageFiles(images, loaded.image_size)
+    files = ImageFiles(images, loaded.image_size, loaded.datamodule.hparams.interpolation)
     pixels = torch.stack([files[index][0] for index in range(len(files))])
     with torch.no_grad():
         return loaded.model(loaded.datamodule.normalize(pixels))
@@ -82,7 +88,8 @@ def test_onnx_export_gives_the_lightning_modules_logits_from_its_json_alone(
     trained_sweep: TrainedSweep, generated_images: list[Path], tmp_path: Path
 ) -> None:
     model_file, meta = exported(trained_sweep.checkpoint, tmp_path, "onnx")
-    assert meta["preprocessing"]["decoding"] == DECODING
+    assert meta["preprocessing"]["interpolation"] == "bilinear"  # resnet18's torchvision weights
+    assert meta["preprocessing"]["decoding"] == decoding_rule("bilinear")
     assert model_file.name == "model.onnx" and meta["model_file"] == "model.onnx"
     assert meta["class_names"] == sorted(p.parent.name for p in generated_images)
 

@@ -11,7 +11,7 @@ import torch
 
 from fruitres.checkpoints.files import CheckpointError, check_checkpoint_file
 from fruitres.data.datamodule import Fruits360DataModule
-from fruitres.data.images import DECODING
+from fruitres.data.images import decoding_rule
 from fruitres.models.classifier import FruitClassifier
 
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
@@ -37,7 +37,8 @@ class LoadedCheckpoint:
         """How an image file becomes the network's input, for tools outside this package."""
         return {
             "image_size": self.image_size,
-            "decoding": DECODING,
+            "interpolation": self.datamodule.hparams.interpolation,
+            "decoding": decoding_rule(self.datamodule.hparams.interpolation),
             "scale": "RGB uint8 / 255",
             "mean": list(self.datamodule.hparams.mean),
             "std": list(self.datamodule.hparams.std),

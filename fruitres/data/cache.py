@@ -27,9 +27,10 @@ CACHE_FORMAT = 2  # 2: one decoding rule (no reduced-scale JPEG decoding), 16-bi
 CACHE_PREFIX = "images-"
 
 
-def cache_key(paths: Sequence[Path], image_size: int) -> str:
-    """Changes whenever a file is added, removed, renamed, resized or rewritten, or the size changes."""
-    digest = hashlib.sha256(f"v{CACHE_FORMAT}:{image_size}".encode())
+def cache_key(paths: Sequence[Path], image_size: int, interpolation: str) -> str:
+    """Changes whenever a file is added, removed, renamed, resized or rewritten, or the size or the
+    resizing filter changes."""
+    digest = hashlib.sha256(f"v{CACHE_FORMAT}:{image_size}:{interpolation}".encode())
     for path in paths:
         stat = path.stat()
         digest.update(b"\0" + os.fsencode(path) + f"\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
@@ -41,19 +42,22 @@ def cache_key_of(array_path: Path) -> str:
     return Path(array_path).stem.removeprefix(CACHE_PREFIX)
 
 
-def _decode_or_none(path: Path, image_size: int) -> np.ndarray | None:
+def _decode_or_none(path: Path, image_size: int, interpolation: str) -> np.ndarray | None:
     try:
-        return decode_image(path, image_size)
+        return decode_image(path, image_size, interpolation)
     except Exception:  # any unreadable file: PIL raises many types (OSError, SyntaxError, ValueError...)
         return None
 
 
-def build_image_cache(paths: Sequence[Path], image_size: int, cache_dir: Path) -> tuple[Path, list[int]]:
+def build_image_cache(
+    paths: Sequence[Path], image_size: int, cache_dir: Path, interpolation: str = "bilinear"
+) -> tuple[Path, list[int]]:
     """Return the cache file for `paths` (built if missing) and the indices of the unreadable files.
 
-    Rows of unreadable files are left black; callers decide whether to skip them or stop.
+    Images of another size are resized with the `interpolation` filter. Rows of unreadable files are
+    left black; callers decide whether to skip them or stop.
     """
-    key = cache_key(paths, image_size)
+    key = cache_key(paths, image_size, interpolation)
     array_path = cache_dir / f"{CACHE_PREFIX}{key}.npy"
     meta_path = array_path.with_suffix(".json")
     if array_path.exists() and meta_path.exists():
@@ -65,7 +69,8 @@ def build_image_cache(paths: Sequence[Path], image_size: int, cache_dir: Path) -
     with replaced_whole(array_path) as partial:  # a killed build never leaves a complete-looking cache
         array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            decoded = pool.map(_decode_or_none, paths, [image_size] * len(paths), chunksize=64)
+            sizes, filters = [image_size] * len(paths), [interpolation] * len(paths)
+            decoded = pool.map(_decode_or_none, paths, sizes, filters, chunksize=64)
             for index, pixels in enumerate(decoded):
                 if pixels is None:
                     unreadable.append(index)
@@ -73,7 +78,12 @@ def build_image_cache(paths: Sequence[Path], image_size: int, cache_dir: Path) -
                     array[index] = pixels
         array.flush()
         del array
-    meta = {"count": len(paths), "image_size": image_size, "unreadable": unreadable}
+    meta = {
+        "count": len(paths),
+        "image_size": image_size,
+        "interpolation": interpolation,
+        "unreadable": unreadable,
+    }
     write_text_whole(meta_path, json.dumps(meta))
     return array_path, unreadable
 

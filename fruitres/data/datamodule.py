@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,12 +19,36 @@ from fruitres.data.classes import ClassList, ClassSelection, take_per_class
 from fruitres.data.embedded import write_embedded_dataset
 from fruitres.data.folders import DatasetLayoutError, list_class_names, list_samples
 from fruitres.data.loaders import evaluation_sampler, loader_start_method
+from fruitres.models.backbone import IMAGENET_DATA, backbone_data_config
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's ImageNet weights were trained with
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BAD_IMAGE_POLICIES = ("skip", "error")
+PREPROCESSING_KEYS = ("image_size", "mean", "std", "interpolation")  # null: the backbone's own
+
+
+def resolve_preprocessing(
+    backbone: str | None, backbone_weights: str | None, given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """data.image_size, mean, std and interpolation: each as given, or the backbone's own where null.
+
+    The one place where null becomes a value: the data module stores the result in its hyperparameters,
+    so checkpoints, eval, predict and export use exactly what training used. The backbone's own comes
+    from `backbone_data_config` (timm's pretrained config, torchvision's weights transforms); ImageNet's
+    (bilinear resizing) without a backbone, as in checkpoints written before these keys existed.
+    """
+    missing = [key for key in PREPROCESSING_KEYS if given.get(key) is None]
+    own = {}
+    if missing:
+        config = backbone_data_config(backbone, backbone_weights) if backbone else IMAGENET_DATA
+        own = {key: getattr(config, key) for key in missing}
+        log.info(
+            "Preprocessing from the data config of %s: %s",
+            backbone or "ImageNet",
+            ", ".join(f"data.{key}={value}" for key, value in own.items()),
+        )
+    resolved = {key: given.get(key) for key in PREPROCESSING_KEYS} | own
+    return resolved | {"mean": list(resolved["mean"]), "std": list(resolved["std"])}
 
 
 def default_num_workers() -> int:
@@ -57,7 +82,9 @@ class Fruits360DataModule(LightningDataModule):
 
     The class list comes from Training/ and labels every split, so a class missing from Test/ cannot
     shift labels. Images are decoded once into a uint8 cache; batches travel as uint8 and are
-    augmented (training only) and normalised on the device, in `on_after_batch_transfer`.
+    augmented (training only) and normalised on the device, in `on_after_batch_transfer`. A null
+    image_size, mean, std or interpolation is the `backbone`'s own (`resolve_preprocessing`), and the
+    hyperparameters hold the resolved values.
     """
 
     def __init__(
@@ -66,7 +93,7 @@ class Fruits360DataModule(LightningDataModule):
         embedded_dir: str = "data/embedded",
         embedded: Mapping | None = None,
         cache_dir: str = "data/cache",
-        image_size: int = 100,
+        image_size: int | None = 100,
         classes: ClassList = None,
         exclude_classes: ClassList = None,
         val_fraction: float = 0.1,
@@ -77,12 +104,17 @@ class Fruits360DataModule(LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         on_bad_image: str = "skip",
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        interpolation: str | None = None,
+        backbone: str | None = None,
+        backbone_weights: str | None = None,
         augment: Mapping[str, nn.Module | None] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["augment"], logger=False)
+        self.hparams.update(resolve_preprocessing(backbone, backbone_weights, self.hparams))
+        mean, std = self.hparams.mean, self.hparams.std
         self.root = Path(data_dir if data_dir is not None else embedded_dir).expanduser()
         self.embedded = data_dir is None
         self.selection = ClassSelection.from_config(classes, exclude_classes)
@@ -143,7 +175,10 @@ class Fruits360DataModule(LightningDataModule):
         paths = [path for path, _ in samples]
         self.split_paths[split] = paths
         array_path, unreadable = build_image_cache(
-            paths, self.hparams.image_size, Path(self.hparams.cache_dir).expanduser()
+            paths,
+            self.hparams.image_size,
+            Path(self.hparams.cache_dir).expanduser(),
+            self.hparams.interpolation,
         )
         if unreadable:
             names = ", ".join(str(paths[i]) for i in unreadable[:10])

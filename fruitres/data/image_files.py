@@ -16,16 +16,19 @@ from fruitres.data.images import decode_image
 class ImageFiles(Dataset):
     """(uint8 CHW image, index, error) per file; an unreadable file gives a black image and its error."""
 
-    def __init__(self, paths: Sequence[Path], image_size: int) -> None:
+    def __init__(self, paths: Sequence[Path], image_size: int, interpolation: str = "bilinear") -> None:
         self.paths = list(paths)
         self.image_size = image_size
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         try:
-            pixels = torch.from_numpy(decode_image(self.paths[index], self.image_size).copy())
+            pixels = torch.from_numpy(
+                decode_image(self.paths[index], self.image_size, self.interpolation).copy()
+            )
             return pixels.permute(2, 0, 1), index, ""
         except Exception as error:  # PIL raises many types for unreadable files; each is reported, not fatal
             blank = torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
@@ -43,7 +46,7 @@ class ImageFilesDataModule(LightningDataModule):
         num_workers: int | None = None,
     ) -> None:
         super().__init__()
-        self.files = ImageFiles(paths, int(trained_on.hparams.image_size))
+        self.files = ImageFiles(paths, int(trained_on.hparams.image_size), trained_on.hparams.interpolation)
         self.trained_on = trained_on
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers

@@ -1,5 +1,5 @@
 """Turning any image file into the uint8 RGB array the models see: the one decoding rule of training,
-evaluation, prediction and the exported model's documented preprocessing (`DECODING`)."""
+evaluation, prediction and the exported model's documented preprocessing (`decoding_rule`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,25 @@ from PIL import Image, ImageOps
 
 WHITE = (255, 255, 255)
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit greyscale (PNG, TIFF)
-DECODING = (
-    "Pillow: Image.open, ImageOps.exif_transpose, 16-bit greyscale scaled to 8 bits (value / 257, rounded), "
-    "transparency composited over white, convert('RGB'), then Image.resize((image_size, image_size), "
-    "Image.Resampling.BILINEAR) unless the image already has that size"
-)
+# data.interpolation: the names timm's and torchvision's data configs use, as Pillow's resampling filters
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def decoding_rule(interpolation: str) -> str:
+    """`decode_image` in words, for tools outside this package (model.json's `preprocessing.decoding`)."""
+    return (
+        "Pillow: Image.open, ImageOps.exif_transpose, 16-bit greyscale scaled to 8 bits (value / 257, "
+        "rounded), transparency composited over white, convert('RGB'), then Image.resize((image_size, "
+        f"image_size), Image.Resampling.{INTERPOLATIONS[interpolation].name}) unless the image already has "
+        "that size"
+    )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -35,10 +49,11 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values / 257), 0, 255).astype(np.uint8), mode="L")
 
 
-def decode_image(path: str | Path, image_size: int) -> np.ndarray:
-    """Decode one file to a (image_size, image_size, 3) uint8 array by `DECODING`; PIL raises on bad files."""
+def decode_image(path: str | Path, image_size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Decode one file to a (image_size, image_size, 3) uint8 array by `decoding_rule`; PIL raises on bad
+    files. `interpolation` names the resizing filter (a key of INTERPOLATIONS)."""
     with Image.open(path) as image:
         rgb = to_rgb(image)
         if rgb.size != (image_size, image_size):
-            rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            rgb = rgb.resize((image_size, image_size), INTERPOLATIONS[interpolation])
         return np.asarray(rgb, dtype=np.uint8)

@@ -24,6 +24,8 @@ from fruitres.errors import ConfigError, FixableError
 
 log = logging.getLogger(__name__)
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's ImageNet weights were trained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
 TIMM_PREFIX = "timm/"
 TIMM_WEIGHTS = "DEFAULT"  # model.weights for a timm model: the pretrained weights its name's tag selects
 NETWORK_PREFIX = "net."  # FruitClassifier.net, in a fruitres checkpoint's state_dict
@@ -320,6 +322,56 @@ def backbone_stages(net: nn.Module) -> list[Stage]:
     return result
 
 
+# --- what a backbone expects to see ------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    """The input a backbone's weights were trained on: its size, normalisation and resizing filter."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str  # a name of fruitres.data.images.INTERPOLATIONS
+
+
+IMAGENET_DATA = DataConfig(224, IMAGENET_MEAN, IMAGENET_STD, "bilinear")  # for a backbone without its own
+
+
+def backbone_data_config(arch: str, weights: str | None = None) -> DataConfig:
+    """The data config of `arch`'s weights, read from metadata only (nothing is downloaded or built).
+
+    timm: the pretrained config of the name's tag (the default tag without one), through timm's own
+    `resolve_data_config`. torchvision: the transforms of the weights `weights` names, or of the arch's
+    DEFAULT weights (what `model.weights_path` files usually hold). It is the same whether the weights
+    are loaded or not, as timm's models carry their pretrained config from random init too; a backbone
+    without one gets ImageNet's.
+    """
+    if arch.startswith(TIMM_PREFIX):
+        pretrained_cfg = _timm_pretrained_cfg(arch.removeprefix(TIMM_PREFIX))
+        if pretrained_cfg is None:
+            return IMAGENET_DATA
+        from timm.data import resolve_data_config  # the extra is there: _timm_pretrained_cfg imported it
+
+        config = resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict())
+        return DataConfig(
+            image_size=int(config["input_size"][-1]),
+            mean=tuple(float(v) for v in config["mean"]),
+            std=tuple(float(v) for v in config["std"]),
+            interpolation=str(config["interpolation"]),
+        )
+    check_weights(arch, weights)
+    members = torchvision.models.get_model_weights(arch).__members__
+    name = weights if weights is not None else "DEFAULT"
+    if name not in members:
+        return IMAGENET_DATA
+    transforms = members[name].transforms()  # torchvision's ImageClassification preset: metadata only
+    return DataConfig(
+        image_size=int(transforms.crop_size[0]),
+        mean=tuple(float(v) for v in transforms.mean),
+        std=tuple(float(v) for v in transforms.std),
+        interpolation=transforms.interpolation.value,
+    )
+
+
 # --- building ----------------------------------------------------------------------------------------
 def weights_names(arch: str) -> list[str]:
     """The values `model.weights` takes for `arch` (besides null)."""
@@ -332,9 +384,18 @@ def weights_names(arch: str) -> list[str]:
 def check_arch(arch: str) -> None:
     """Raise ConfigError, naming what to use, for an arch fruitres cannot build."""
     if arch.startswith(TIMM_PREFIX):
-        _timm()
+        _timm_pretrained_cfg(arch.removeprefix(TIMM_PREFIX))
     else:
         _torchvision_family(arch)
+
+
+def check_weights(arch: str, weights: str | None) -> None:
+    """Raise ConfigError unless `weights` is null or one of `arch`'s weights names."""
+    if weights is not None and weights not in weights_names(arch):
+        raise ConfigError(
+            f"model.weights={weights} is not one of {arch}'s weights; use null or one of "
+            f"{', '.join(weights_names(arch))}"
+        )
 
 
 def _timm():
@@ -345,22 +406,39 @@ def _timm():
     return timm
 
 
+def _timm_pretrained_cfg(name: str):
+    """timm's pretrained config of `name` (its tag's, or the default tag's; None if it has none), once
+    timm knows the name and its tag."""
+    timm = _timm()
+    try:
+        if timm.is_model(name):
+            return timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # an architecture timm has, with a tag it lacks
+        pass
+    raise ConfigError(
+        f"model.arch=timm/{name} is not allowed; use a name timm.list_models() lists, with a tag of "
+        "timm.list_pretrained() if any"
+    )
+
+
 def build_backbone(
-    arch: str, num_classes: int, weights: str | None = None, weights_path: str | None = None
+    arch: str,
+    num_classes: int,
+    weights: str | None = None,
+    weights_path: str | None = None,
+    image_size: int | None = None,
 ) -> nn.Module:
     """A network whose head has `num_classes` outputs, the rest from `weights` or `weights_path` if given.
 
     `weights` names a torchvision weights enum member (e.g. IMAGENET1K_V1, fetched into the torch hub
     cache) or, for `timm/<name>`, DEFAULT: timm's pretrained weights of that name. `weights_path` is a
     local state-dict file of the same architecture, or a fruitres checkpoint (air-gapped clusters).
+    `image_size` is the input size a timm model of a fixed input size (ViT, Swin, MaxViT...) is built
+    for; None builds it for its own. Other networks take any size.
     """
-    if weights is not None and weights not in weights_names(arch):
-        raise ConfigError(
-            f"model.weights={weights} is not one of {arch}'s weights; use null or one of "
-            f"{', '.join(weights_names(arch))}"
-        )
+    check_weights(arch, weights)
     if arch.startswith(TIMM_PREFIX):
-        net = _create_timm(arch.removeprefix(TIMM_PREFIX), num_classes, weights is not None)
+        net = _create_timm(arch.removeprefix(TIMM_PREFIX), num_classes, weights is not None, image_size)
     else:
         _torchvision_family(arch)
         net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
@@ -371,12 +449,13 @@ def build_backbone(
     return net
 
 
-def _create_timm(name: str, num_classes: int, pretrained: bool) -> nn.Module:
-    timm = _timm()
-    if not timm.is_model(name):
-        raise ConfigError(f"model.arch=timm/{name} is not allowed; use a name timm.list_models() lists")
+def _create_timm(name: str, num_classes: int, pretrained: bool, image_size: int | None) -> nn.Module:
+    pretrained_cfg = _timm_pretrained_cfg(name)
+    sized = {}
+    if image_size is not None and pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        sized = {"img_size": image_size}  # its position embeddings for this size (timm resamples weights)
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+        return _timm().create_model(name, pretrained=pretrained, num_classes=num_classes, **sized)
     except (OSError, RuntimeError) as error:  # no network, or no Hugging Face Hub cache entry
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise WeightsUnavailableError(

@@ -58,6 +58,7 @@ class FruitClassifier(LightningModule):
         arch: str = "resnet18",
         weights: str | None = None,
         weights_path: str | None = None,
+        image_size: int | None = None,
         frozen_stages: int = 0,
         backbone_lr_mult: float = 1.0,
         layer_lr_decay: float = 1.0,
@@ -75,7 +76,7 @@ class FruitClassifier(LightningModule):
         mix = _plain(mix)
         class_names = list(class_names) if class_names is not None else None
         self.save_hyperparameters()
-        self.net = build_backbone(arch, num_classes, weights, weights_path)
+        self.net = build_backbone(arch, num_classes, weights, weights_path, image_size)
         self.stages: list[Stage] = backbone_stages(self.net)  # a plain list: views, not submodules
         check_frozen_stages(arch, frozen_stages, [stage.name for stage in self.stages])
         self.mix = instantiate(mix, num_classes=num_classes) if mix else None  # Mixup/CutMix, training only

@@ -14,10 +14,12 @@ from typing import Any, get_args
 
 import torch
 from lightning.fabric.connector import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from fruitres.callbacks.feature_cache import FLOAT32_WEIGHTS
 from fruitres.data.datamodule import BAD_IMAGE_POLICIES
 from fruitres.data.embedded import MIN_IMAGE_SIZE
+from fruitres.data.images import INTERPOLATIONS
 from fruitres.errors import ConfigError
 from fruitres.models.backbone import check_arch, check_frozen_stages, stage_names, weights_names
 
@@ -34,6 +36,7 @@ class Rule:
     key: str
     allowed: str  # shown to the user: "use <allowed>"
     check: Callable[[Any], bool]
+    applies: Callable[[DictConfig], bool] = lambda cfg: True  # a rule that depends on other keys
 
 
 def _is_int(value: Any) -> bool:
@@ -61,9 +64,55 @@ def optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: v is None or check(v)
 
 
+def per_channel(positive: bool = False) -> Callable[[Any], bool]:
+    """Three numbers, one per RGB channel (each > 0 if `positive`)."""
+    return lambda v: (
+        isinstance(v, ListConfig | list | tuple)
+        and len(v) == 3
+        and all(_is_number(x) and (x > 0 or not positive) for x in v)
+    )
+
+
+def trains_on_cached_features(cfg: DictConfig) -> bool:
+    """Whether callbacks.linear_probe_cache will give the head cached features instead of images.
+
+    As LinearProbeFeatureCache decides: every stage frozen, no training augmentation, float32 weights.
+    """
+    arch = OmegaConf.select(cfg, "model.arch", default=None)
+    if OmegaConf.select(cfg, "callbacks.linear_probe_cache", default=None) is None or arch is None:
+        return False
+    augment = OmegaConf.select(cfg, "data.augment", default=None) or {}
+    precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
+    frozen_stages = OmegaConf.select(cfg, "model.frozen_stages", default=0)
+    return (
+        not any(entry is not None for entry in augment.values())
+        and precision in FLOAT32_WEIGHTS
+        and frozen_stages == len(stage_names(arch))
+    )
+
+
 RULES: tuple[Rule, ...] = (
     Rule("seed", "an integer", _is_int),
-    Rule("data.image_size", f"an integer ≥ {MIN_IMAGE_SIZE}", int_at_least(MIN_IMAGE_SIZE)),
+    Rule(
+        "data.image_size",
+        f"an integer ≥ {MIN_IMAGE_SIZE}, or null for the backbone's own input size",
+        optional(int_at_least(MIN_IMAGE_SIZE)),
+    ),
+    Rule(
+        "data.mean",
+        "null (the backbone's own) or three numbers, one per RGB channel: [0.5,0.5,0.5]",
+        optional(per_channel()),
+    ),
+    Rule(
+        "data.std",
+        "null (the backbone's own) or three numbers > 0, one per RGB channel: [0.5,0.5,0.5]",
+        optional(per_channel(positive=True)),
+    ),
+    Rule(
+        "data.interpolation",
+        f"null (the backbone's own) or one of {', '.join(INTERPOLATIONS)}",
+        optional(one_of(tuple(INTERPOLATIONS))),
+    ),
     Rule(
         "data.val_fraction",
         "a number > 0 and < 1, e.g. 0.1: the best checkpoint and val/acc_best come from that split",
@@ -75,6 +124,13 @@ RULES: tuple[Rule, ...] = (
     Rule("data.on_bad_image", " or ".join(BAD_IMAGE_POLICIES), one_of(BAD_IMAGE_POLICIES)),
     Rule("model.backbone_lr_mult", "a number ≥ 0", number_in(0)),
     Rule("model.label_smoothing", "a number ≥ 0 and < 1", number_in(0, 1)),
+    Rule(
+        "model.mix",
+        "null with callbacks.linear_probe_cache on a linear probe: its head trains on cached features, "
+        "which are never mixed; drop model/mix, or set callbacks.linear_probe_cache=null to mix the images",
+        lambda v: v is None,
+        applies=trains_on_cached_features,
+    ),
     Rule("model.optimizer.lr", "a number > 0", number_in(0, low_open=True)),
     Rule(
         "ckpt_path",
@@ -99,9 +155,16 @@ def validate_config(cfg: DictConfig) -> None:
     _check_required(cfg)
     for rule in RULES:
         value = OmegaConf.select(cfg, rule.key, default=_ABSENT)
-        if value is not _ABSENT and not rule.check(value):
-            raise ConfigError(f"{rule.key}={value} is not allowed; use {rule.allowed}")
+        if value is not _ABSENT and not rule.check(value) and rule.applies(cfg):
+            raise ConfigError(f"{rule.key}={_shown(value)} is not allowed; use {rule.allowed}")
     _check_model(cfg)
+
+
+def _shown(value: Any) -> str:
+    """A value as the command line would give it; an object's config by its class (model.mix=MixupCutmix)."""
+    if isinstance(value, DictConfig) and "_target_" in value:
+        return str(value._target_).rsplit(".", 1)[-1]
+    return str(value)
 
 
 # What to pass for the keys an entry point's config leaves as ??? (required on the command line).
