@@ -433,8 +433,8 @@ def build_backbone(
     `weights` names a torchvision weights enum member (e.g. IMAGENET1K_V1, fetched into the torch hub
     cache) or, for `timm/<name>`, DEFAULT: timm's pretrained weights of that name. `weights_path` is a
     local state-dict file of the same architecture, or a fruitres checkpoint (air-gapped clusters).
-    `image_size` is the input size a timm model of a fixed input size (ViT, Swin, MaxViT...) is built
-    for; None builds it for its own. Other networks take any size.
+    `image_size` is the input size a timm model of a fixed input size (ViT, DeiT, Swin...) is built
+    for; None builds it for its own. Other networks take any size their strides and windows allow.
     """
     check_weights(arch, weights)
     if arch.startswith(TIMM_PREFIX):
