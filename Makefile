@@ -10,10 +10,15 @@ CLASSES_A ?= $(CURDIR)/conf/classes/fruits360_a.txt
 CLASSES_B ?= $(CURDIR)/conf/classes/fruits360_b.txt
 NOW := $(shell date +%Y-%m-%d_%H-%M-%S)
 TRANSFER_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/transfer/$(NOW)
+# make bench-tta: the validation accuracy to reach, a transfer_source run's best checkpoint (empty: train one
+# first, on CLASSES_A), and the folder of the table, CSVs and curves
+TARGET ?= 0.95
+SOURCE_CKPT ?=
+BENCH_TTA_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/bench_tta/$(NOW)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow test-all lint format train lr-find sweep transfer tensorboard clean bench \
-	bench-gpu eval predict export archs seeds
+	bench-tta bench-gpu eval predict export archs seeds
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,7 +73,13 @@ transfer: $(STAMP) ## transfer study: source on classes A, B by recipe x images/
 		$(ARGS) $(TARGET_ARGS)
 
 bench: $(STAMP) ## project vs the tutorial's loop, images/s (embedded data); ARGS="--data-dir DIR --json FILE"
-	$(PY) benchmarks/bench.py $(ARGS)
+	$(PY) -m fruitres.bench $(ARGS)
+
+# The tutorial's recipe and the project's recipes on CLASSES_B of DATA, from a backbone trained on CLASSES_A
+# (SOURCE_CKPT, or trained first) and from random init: time to TARGET, curves (tta.png), table (tta.md/.csv).
+bench-tta: $(STAMP) ## time to 0.95 val accuracy, tutorial vs recipes (<30 min on 2 cores); DATA, SOURCE_CKPT
+	$(PY) -m fruitres.bench --to-accuracy $(TARGET) --data-dir $(DATA) --classes-a $(CLASSES_A) \
+		--classes-b $(CLASSES_B) $(if $(SOURCE_CKPT),--source-ckpt $(SOURCE_CKPT)) --out $(BENCH_TTA_DIR) $(ARGS)
 
 # From scratch at an equal fitting budget on DATA: parameters, train and eval images/s, test accuracy.
 archs: $(STAMP) ## compare backbones (torchvision and timm) at an equal time budget on DATA; ARGS="--seconds 300"

@@ -14,13 +14,13 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import bench
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 
+from fruitres.bench import throughput as bench
 from fruitres.data.embedded import write_embedded_dataset
 from fruitres.train import train
 

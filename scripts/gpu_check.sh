@@ -3,7 +3,7 @@
 #   1. placement: model and batches on cuda, bf16 autocast, pinned memory (a few steps of the real Trainer)
 #   2. learning: short real runs on generated data, bf16-mixed + channels-last and fp32 (same seed)
 #   3. linear probe with the backbone features cached on the GPU
-#   4. throughput, project vs the tutorial's loop (python benchmarks/bench.py): full/frozen3/probe in bf16-mixed
+#   4. throughput, project vs the tutorial's loop (python -m fruitres.bench): full/frozen3/probe in bf16-mixed
 #      channels-last; data loading by num_workers; fp32/bf16 × NCHW/channels-last; torch.compile off/on
 # Prints a table per step and a summary; writes ${OUT:-/tmp}/gpu_bench.json (after every step) and gpu_check.log.
 #

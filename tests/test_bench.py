@@ -1,4 +1,4 @@
-"""`python benchmarks/bench.py`: a tiny real run checks the table and the JSON (their shape, not speed)."""
+"""`python -m fruitres.bench` (throughput): a tiny real run checks the table and JSON (shape, not speed)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.bench import PROJECT_AUGMENTED, PROJECT_DATA, PROJECT_PREPARED, TUTORIAL, TUTORIAL_DATA
+from fruitres.bench.throughput import (
+    PROJECT_AUGMENTED,
+    PROJECT_DATA,
+    PROJECT_PREPARED,
+    TUTORIAL,
+    TUTORIAL_DATA,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,7 +24,7 @@ def test_benchmark_prints_the_table_and_writes_json_for_each_variant(
 ) -> None:
     report_file = tmp_path / "bench.json"
     command = [
-        sys.executable, "benchmarks/bench.py", "--data-dir", str(tiny_dataset), "--image-size", "32",
+        sys.executable, "-m", "fruitres.bench", "--data-dir", str(tiny_dataset), "--image-size", "32",
         "--batch-size", "16", "--variants", "full,probe", "--steps", "1", "--warmup", "1", "--repeats", "2",
         "--eval-steps", "1", "--data-steps", "1", "--json", str(report_file), "data.num_workers=0",
     ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""`python benchmarks/bench.py`: the project's training pipeline against the tutorial's plain PyTorch loop.
+"""`python -m fruitres.bench`: the project's training pipeline against the tutorial's plain PyTorch loop.
 
 Both run in this one process on the same data, batch size, image size, threads and device, one after
 the other in every repeat (the order alternates), so that a machine busy with other work slows both
@@ -20,25 +20,24 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import product
+from itertools import islice, product
 from pathlib import Path
 
 import lightning as L
 import psutil
 import torch
-import torchvision
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fruitres.bench.tutorial import TutorialLoop, image_folder
 from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.run.devices import uses_cuda
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 VARIANTS = {"full": 0, "frozen3": 3, "probe": 5}  # --variants name → model.frozen_stages
 TUTORIAL = "tutorial loop (ImageFolder + ToTensor, fp32, NCHW)"
 TUTORIAL_DATA = "tutorial: ImageFolder + ToTensor (decodes every JPEG)"
@@ -157,64 +156,21 @@ def loader_throughput(
 
 
 # --- the tutorial's loop -----------------------------------------------------------------------------
-class TutorialLoop:
-    """The plain loop of the ResNet transfer-learning tutorial, as people copy it.
-
-    ImageFolder + ToTensor, DataLoader(batch_size, shuffle=True, num_workers=0), torchvision resnet18
-    with a new head, CrossEntropyLoss, SGD(lr=1e-4, momentum=0.9), fp32, NCHW, and the per-step `.item()`
-    calls of its running loss and accuracy; evaluation under `torch.no_grad()`.
-    """
-
-    def __init__(self, root: Path, image_size: int, batch_size: int, num_classes: int, device: torch.device):
-        steps = [torchvision.transforms.ToTensor()]
-        if not _images_have_size(root / "Training", image_size):
-            steps.insert(0, torchvision.transforms.Resize((image_size, image_size)))
-        transform = torchvision.transforms.Compose(steps)
-        dataset = torchvision.datasets.ImageFolder(str(root / "Training"), transform=transform)
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0)
-        self.num_classes = num_classes
-        self.device = device
-
-    def new_net(self) -> nn.Module:
-        net = torchvision.models.resnet18(weights=None)
-        net.fc = nn.Linear(net.fc.in_features, self.num_classes)
-        return net.to(self.device)
-
-    def train(self, net: nn.Module, steps: int, warmup: int) -> Timeline:
-        criterion = nn.CrossEntropyLoss()
-        optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
-        timeline = Timeline(warmup, warmup + steps, self.device)
-        batches = endless(self.loader)
-        net.train()
-        running_loss, correct = 0.0, 0
-        for _ in range(warmup + steps):
-            data, target = (tensor.to(self.device) for tensor in next(batches))
-            optimizer.zero_grad()
-            outputs = net(data)
-            loss = criterion(outputs, target)
-            loss.backward()
-            optimizer.step()
-            running_loss += loss.item()
-            correct += torch.sum(outputs.argmax(dim=1) == target).item()
-            timeline.mark(len(target))
-        return timeline
-
-    @torch.no_grad()
-    def evaluate(self, net: nn.Module, steps: int, warmup: int) -> float:
-        net.eval()
-        timeline = Timeline(warmup, warmup + steps, self.device)
-        batches = endless(self.loader)
-        for _ in range(warmup + steps):
-            data, target = (tensor.to(self.device) for tensor in next(batches))
-            torch.sum(net(data).argmax(dim=1) == target).item()
-            timeline.mark(len(target))
-        return timeline.throughput()
+def time_tutorial_training(tutorial: TutorialLoop, net: nn.Module, steps: int, warmup: int) -> Timeline:
+    """The tutorial's training steps over its endless loader, timed."""
+    timeline = Timeline(warmup, warmup + steps, tutorial.device)
+    batches = islice(endless(tutorial.loader), warmup + steps)
+    for size, _ in tutorial.train_steps(net, tutorial.optimizer(net), batches):
+        timeline.mark(size)
+    return timeline
 
 
-def _images_have_size(folder: Path, size: int) -> bool:
-    """Whether the first image is already `size` × `size` (Fruits-360's and the generated ones are)."""
-    with Image.open(next(folder.glob("*/*.jpg"))) as image:
-        return image.size == (size, size)
+def time_tutorial_evaluation(tutorial: TutorialLoop, net: nn.Module, steps: int, warmup: int) -> float:
+    """Images per second of the tutorial's evaluation steps (over its training loader)."""
+    timeline = Timeline(warmup, warmup + steps, tutorial.device)
+    for _, size in tutorial.eval_steps(net, islice(endless(tutorial.loader), warmup + steps)):
+        timeline.mark(size)
+    return timeline.throughput()
 
 
 # --- the project -------------------------------------------------------------------------------------
@@ -381,9 +337,8 @@ def run(args: argparse.Namespace) -> dict:
         cfg = project.compose(config.overrides())
         jobs.append((describe(config.variant, cfg), cfg))
     datamodule = project.datamodule(jobs[1][1])
-    tutorial = TutorialLoop(
-        datamodule.root, args.image_size, args.batch_size, datamodule.num_classes, project.device
-    )
+    images = image_folder(datamodule.root / "Training", args.image_size)  # every class, as the tutorial
+    tutorial = TutorialLoop(images, args.batch_size, len(images.classes), project.device)
     results = Results()
     for repeat in range(args.repeats):
         print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
@@ -409,7 +364,7 @@ def measure(
     with peak_rss() as peak:
         if cfg is None:
             net = tutorial.new_net()
-            timeline = tutorial.train(net, args.steps, args.warmup)
+            timeline = time_tutorial_training(tutorial, net, args.steps, args.warmup)
         else:
             timeline, setup_seconds, model = project.train(cfg, args.steps, args.warmup)
     speed = timeline.throughput()
@@ -417,7 +372,8 @@ def measure(
     results.add("train", label, "images_per_cpu_s", timeline.cpu_throughput())
     results.add("train", label, "peak_rss_mib", peak["bytes"] / 2**20)
     if cfg is None:
-        results.add("eval", label, "images_per_s", tutorial.evaluate(net, args.eval_steps, args.warmup))
+        speed = time_tutorial_evaluation(tutorial, net, args.eval_steps, args.warmup)
+        results.add("eval", label, "images_per_s", speed)
     else:
         results.add("train", label, "setup_s", setup_seconds)
         results.add("eval", label, "images_per_s", project.evaluate(cfg, model, args.eval_steps, args.warmup))
@@ -440,8 +396,8 @@ def measure_data(project: Project, tutorial: TutorialLoop, results: Results, arg
 def settings(args: argparse.Namespace, datamodule: Fruits360DataModule, device: torch.device) -> dict:
     """What was measured, and on what."""
     return {
-        "command": "python benchmarks/bench.py " + " ".join(args.argv),
-        "machine": _machine_name(device),
+        "command": "python -m fruitres.bench " + " ".join(args.argv),
+        "machine": machine_name(device),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -459,7 +415,7 @@ def settings(args: argparse.Namespace, datamodule: Fruits360DataModule, device: 
     }
 
 
-def _machine_name(device: torch.device) -> str:
+def machine_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
@@ -528,7 +484,7 @@ def _boolean(text: str) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python benchmarks/bench.py",
+        prog="python -m fruitres.bench",
         description="Training throughput of the project's pipeline against the tutorial's plain loop.",
         epilog="Lists (a,b) make one project row per combination. Unset precision/channels-last/compile "
         "keep the experiment config's values. Extra key=value arguments are Hydra overrides.",
@@ -580,10 +536,7 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import sys
-
-    argv = sys.argv[1:] if argv is None else argv
+def main(argv: list[str]) -> None:
     args = parse_args(argv)
     quiet()
     report = run(args)
@@ -593,7 +546,3 @@ def main(argv: list[str] | None = None) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nJSON: {args.json}")
-
-
-if __name__ == "__main__":
-    main()
