@@ -44,7 +44,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.train and cfg.tune.lr_find and resume is None:  # a resumed run keeps its learning rate
         lr = find_lr(trainer, model, datamodule, Path(cfg.paths.output_dir), **cfg.lr_find)
         model.hparams.optimizer["lr"] = cfg.model.optimizer.lr = lr
-    log_hyperparameters(cfg, model, trainer)
+    log_hyperparameters(cfg, model, datamodule, trainer)
 
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume.checkpoint if resume else None)

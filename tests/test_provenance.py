@@ -81,6 +81,8 @@ def test_a_training_run_records_its_provenance_and_its_checkpoints_carry_it(
     shown = logged_hparams(trained_sweep.run_dir)  # TensorBoard's HParams tab
     assert shown["provenance/git.commit"] == provenance["git"]["commit"]
     assert shown["provenance/data.splits.test.fingerprint"] == data["splits"]["test"]["fingerprint"]
+    assert shown["data/interpolation"] == "bilinear"  # data.interpolation: null, resolved from resnet18's own
+    assert "0.485" in shown["data/mean"]
 
 
 def test_eval_records_the_checkpoints_own_provenance(trained_sweep: TrainedSweep, tmp_path: Path) -> None:
