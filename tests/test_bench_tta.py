@@ -107,7 +107,12 @@ def test_table_says_when_and_how_much_sooner_a_run_reached_the_target_or_that_it
     scratch = rows["random", "scratch"]
     assert not scratch["reached"] and scratch["seconds_to_target"] == "" and scratch["best_val_acc"] == 0.94
     assert scratch["seconds_to_tutorial_acc"] == 10.0 and scratch["x_sooner"] == 2.0  # 0.2: 20 s → 10 s
-    assert not rows["source", "tutorial"]["reached"]
+    tutorial = rows["source", "tutorial"]
+    assert (
+        not tutorial["reached"]
+        and tutorial["seconds_to_tutorial_acc"] == 30.0
+        and tutorial["x_sooner"] == 1.0
+    )
 
     results = {
         "settings": {
@@ -144,3 +149,9 @@ def test_a_missing_source_checkpoint_or_data_folder_is_one_line_naming_it(
     result = bench("--to-accuracy", "0.95", "--data-dir", str(tmp_path / "no-data"), root=tmp_path)
     assert result.returncode == 2
     assert f"--data-dir {tmp_path / 'no-data'} has no Training/ folder" in result.stderr.splitlines()[-1]
+
+    result = bench(
+        "--to-accuracy", "0.95", "--data-dir", str(tiny_dataset), "--starts", "imagenet", root=tmp_path
+    )
+    assert result.returncode == 2
+    assert "--starts imagenet: give source, random or source,random" in result.stderr.splitlines()[-1]

@@ -57,6 +57,8 @@ def row(outcome: Outcome, outcomes: Sequence[Outcome], target: float) -> dict[st
     reached = first_reaching(outcome, target)
     tutorial_final = final_point(tutorial_of(outcomes, outcome.start))
     to_tutorial = first_reaching(outcome, tutorial_final["val_acc"]) if tutorial_final else None
+    if outcome.recipe == TUTORIAL:  # the tutorial has its final accuracy when it ends
+        to_tutorial = tutorial_final
     sooner = tutorial_final["seconds"] / to_tutorial["seconds"] if to_tutorial else None
     return {
         "start": outcome.start,
@@ -116,13 +118,14 @@ def markdown(rows: Sequence[dict], target: float) -> str:
 def header(settings: dict) -> str:
     s = settings
     images = ", ".join(f"{count} {split}" for split, count in s["images"].items())
-    source = f"trained here in {s['source_seconds']:.0f} s" if s["source_seconds"] else "given"
+    trained = f"trained here in {s['source_seconds']:.0f} s" if s["source_seconds"] else "given"
+    source = f"source backbone {s['source_ckpt']} ({trained})" if s["source_ckpt"] else "no source backbone"
     load = s["load_average"]
     return (
         f"Time to {s['target']:g} validation accuracy on {s['data_dir']} ({s['classes']} classes: {images}); "
         f"{s['machine']}, {s['threads']} threads, torch {s['torch']}, load average {load[0]} at the start, "
         f"{load[1]} at the end; {s['date']}; each run at most {s['cap_minutes']:g} min, less when the "
-        f"{s['budget_minutes']:g}-min budget ran short; source backbone {s['source_ckpt']} ({source}); "
+        f"{s['budget_minutes']:g}-min budget ran short; {source}; "
         f"{s['total_seconds'] / 60:.1f} min in all. Command: {s['command']}"
     )
 
@@ -142,13 +145,14 @@ def curves_figure(outcomes: Sequence[Outcome], target: float) -> Figure:
     figure, axes = plt.subplots(1, len(starts), figsize=(6.5 * len(starts), 4.5), squeeze=False)
     for axis, start in zip(axes[0], starts, strict=True):
         for outcome in (o for o in outcomes if o.start == start):
-            seconds = [0.0] + [p["seconds"] for p in outcome.points]
-            accuracy = [0.0] + [p["val_acc"] for p in outcome.points]
+            seconds = [p["seconds"] for p in outcome.points]
+            accuracy = [p["val_acc"] for p in outcome.points]
             style = "--" if outcome.recipe == TUTORIAL else "-"
             axis.plot(seconds, accuracy, style, marker="o", markersize=3, label=outcome.recipe)
         axis.axhline(target, color="grey", linestyle=":", linewidth=1, label=f"target {target:g}")
-        axis.set_title(f"from the {START_NAMES[start]}", fontsize=10)
-        axis.set_xlabel("wall time (s)")
+        axis.set_title(f"from {START_NAMES[start]}", fontsize=10)
+        axis.set_xlabel("wall time since the run started (s)")
+        axis.set_xlim(left=0)
         axis.set_ylabel("validation accuracy")
         axis.set_ylim(0, 1.02)
         axis.grid(alpha=0.3)

@@ -89,7 +89,7 @@ def common_overrides(args: argparse.Namespace, name: str) -> list[str]:
 
 
 def project_overrides(
-    args: argparse.Namespace, run: Run, source: Path, stop_at: float, cap_minutes: float
+    args: argparse.Namespace, run: Run, source: Path | None, stop_at: float, cap_minutes: float
 ) -> list[str]:
     """`experiment=... recipe=<run.recipe>` on classes B: capped, timed, stopped at `stop_at`."""
     name = f"{run.start}-{run.recipe}"
@@ -169,7 +169,11 @@ def image_list(datamodule: Fruits360DataModule, split: str, image_size: int) -> 
 
 
 def run_tutorial(
-    args: argparse.Namespace, start: str, source: Path, datamodule: Fruits360DataModule, cap_minutes: float
+    args: argparse.Namespace,
+    start: str,
+    source: Path | None,
+    datamodule: Fruits360DataModule,
+    cap_minutes: float,
 ) -> Outcome:
     """The tutorial's loop for its epochs, validating after each; the best epoch's weights are tested."""
     outcome = Outcome(start, TUTORIAL, args.tutorial_image_size, args.target)
@@ -218,7 +222,7 @@ def stop_reason(accuracy: float, stop_at: float, out_of_time: bool) -> str:
 
 
 def run_project(
-    args: argparse.Namespace, run: Run, source: Path, stop_at: float, cap_minutes: float
+    args: argparse.Namespace, run: Run, source: Path | None, stop_at: float, cap_minutes: float
 ) -> Outcome:
     """One recipe through `fruitres.train`'s job; the clock callback records its validations."""
     cfg = compose_config(project_overrides(args, run, source, stop_at, cap_minutes))
@@ -246,8 +250,11 @@ def schedule_length(cfg: DictConfig) -> tuple[int, str]:
 
 def plan(args: argparse.Namespace) -> list[Run]:
     """From the source backbone: the tutorial, then each recipe; from random init: the tutorial, scratch."""
-    from_source = [Run(SOURCE, TUTORIAL), *(Run(SOURCE, recipe) for recipe in args.recipes)]
-    return [*from_source, Run(RANDOM, TUTORIAL), Run(RANDOM, RANDOM_INIT_RECIPE)]
+    runs = {
+        SOURCE: [Run(SOURCE, TUTORIAL), *(Run(SOURCE, recipe) for recipe in args.recipes)],
+        RANDOM: [Run(RANDOM, TUTORIAL), Run(RANDOM, RANDOM_INIT_RECIPE)],
+    }
+    return [run for start in args.starts for run in runs[start]]
 
 
 def run_cap(args: argparse.Namespace, began: float, runs_left: int) -> float:
@@ -259,7 +266,7 @@ def run_cap(args: argparse.Namespace, began: float, runs_left: int) -> float:
 def run_all(args: argparse.Namespace) -> dict:
     began, load_before = time.time(), psutil.getloadavg()[0]
     torch.set_num_threads(args.threads)
-    source, source_seconds = source_checkpoint(args)
+    source, source_seconds = source_checkpoint(args) if SOURCE in args.starts else (None, 0.0)
     datamodule = target_data(args)
     outcomes: list[Outcome] = []
     runs = plan(args)
@@ -285,7 +292,7 @@ def run_all(args: argparse.Namespace) -> dict:
         "target": args.target,
         "cap_minutes": args.cap_minutes,
         "budget_minutes": args.budget_minutes,
-        "source_ckpt": str(source),
+        "source_ckpt": str(source) if source else "",
         "source_seconds": round(source_seconds, 1),
         "total_seconds": round(time.time() - began, 1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began)),
@@ -316,6 +323,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="of scratch from random init (transfer_source)",
     )
     parser.add_argument("--recipes", default=",".join(RECIPES), help="conf/recipe/ names, from the source")
+    parser.add_argument("--starts", default=f"{SOURCE},{RANDOM}", help="source, random or both (default)")
     parser.add_argument("--cap-minutes", type=float, default=4.0, help="wall-time limit of each run")
     parser.add_argument(
         "--budget-minutes", type=float, default=30.0, help="all of it, source included: later caps shrink"
@@ -329,6 +337,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of every project run, e.g. seed=1")
     args = parser.parse_args(argv)
     args.argv, args.recipes = list(argv), [name for name in args.recipes.split(",") if name]
+    args.starts = [start for start in args.starts.split(",") if start]
+    if not args.starts or not set(args.starts) <= {SOURCE, RANDOM}:
+        parser.error(f"--starts {','.join(args.starts)}: give source, random or source,random")
     args.data_dir, args.out = args.data_dir.resolve(), args.out.resolve()
     if not 0 < args.target <= 1:
         parser.error(f"--to-accuracy {args.target}: give a fraction in (0, 1], e.g. 0.95")
