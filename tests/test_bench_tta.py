@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
-from fruitres.bench import report
+from fruitres.bench import report, tutorial
 from fruitres.bench.report import Outcome
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +157,17 @@ def test_a_missing_source_checkpoint_or_data_folder_is_one_line_naming_it(
     )
     assert result.returncode == 2
     assert "--starts imagenet: give source, random or source,random" in result.stderr.splitlines()[-1]
+
+
+class AlwaysClassZero(nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([1.0, 0.0]).expand(len(images), 2)
+
+
+def test_tutorial_accuracy_counts_correct_answers_over_images() -> None:
+    labels = torch.tensor([0, 0, 0, 1, 1])  # batches of 2, 2 and 1: a short last batch
+    batches = [(torch.zeros(len(chunk), 3, 4, 4), chunk) for chunk in labels.split(2)]
+    loop = tutorial.TutorialLoop(
+        [(torch.zeros(3, 4, 4), 0)], batch_size=2, num_classes=2, device=torch.device("cpu")
+    )
+    assert loop.accuracy(AlwaysClassZero(), batches) == pytest.approx(3 / 5)

@@ -168,7 +168,7 @@ def time_tutorial_training(tutorial: TutorialLoop, net: nn.Module, steps: int, w
 def time_tutorial_evaluation(tutorial: TutorialLoop, net: nn.Module, steps: int, warmup: int) -> float:
     """Images per second of the tutorial's evaluation steps (over its training loader)."""
     timeline = Timeline(warmup, warmup + steps, tutorial.device)
-    for _, size in tutorial.eval_steps(net, islice(endless(tutorial.loader), warmup + steps)):
+    for size, _ in tutorial.eval_steps(net, islice(endless(tutorial.loader), warmup + steps)):
         timeline.mark(size)
     return timeline.throughput()
 

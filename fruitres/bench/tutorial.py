@@ -102,12 +102,12 @@ class TutorialLoop:
 
     @torch.no_grad()
     def eval_steps(self, net: nn.Module, batches: Iterable) -> Iterator[tuple[int, int]]:
-        """(correct predictions, batch size) of each batch, in eval mode without gradients."""
+        """(batch size, correct predictions) of each batch, as train_steps, in eval mode without gradients."""
         net.eval()
         for batch in batches:
             data, target = (tensor.to(self.device) for tensor in batch)
-            yield torch.sum(net(data).argmax(dim=1) == target).item(), len(target)
+            yield len(target), torch.sum(net(data).argmax(dim=1) == target).item()
 
     def accuracy(self, net: nn.Module, batches: Iterable) -> float:
         counts = list(self.eval_steps(net, batches))
-        return sum(correct for correct, _ in counts) / max(1, sum(size for _, size in counts))
+        return sum(correct for _, correct in counts) / max(1, sum(size for size, _ in counts))
