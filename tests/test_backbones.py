@@ -291,6 +291,18 @@ def test_timm_weights_name_and_unknown_timm_model_are_refused(tiny_dataset: Path
         FruitClassifier(num_classes=3, arch="timm/no_such_net")
 
 
+def test_timm_size_its_windows_do_not_divide_is_one_line_naming_sizes_that_fit() -> None:
+    """MaxViT's windows must divide its feature maps: at 100 px timm would fail at the first forward."""
+    with pytest.raises(ConfigError) as error:
+        FruitClassifier(num_classes=3, arch="timm/maxvit_pico_rw_256", image_size=100)
+    assert str(error.value) == (
+        "data.image_size=100 does not fit timm/maxvit_pico_rw_256 (height (25) must be divisible by "
+        "window (3)); use a size it takes, e.g. 96 or 128, or data.image_size=null for its own 256"
+    )
+    model = FruitClassifier(num_classes=3, arch="timm/maxvit_pico_rw_256", image_size=64)
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 3)
+
+
 def test_timm_model_without_the_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "timm", None)  # what `import timm` meets without the extra
     with pytest.raises(ConfigError) as error:

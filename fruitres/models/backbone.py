@@ -454,6 +454,7 @@ def _create_timm(name: str, num_classes: int, pretrained: bool, image_size: int 
     sized = {}
     if image_size is not None and pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
         sized = {"img_size": image_size}  # its position embeddings for this size (timm resamples weights)
+        _check_timm_size(name, image_size, pretrained_cfg.input_size[-1])
     try:
         return _timm().create_model(name, pretrained=pretrained, num_classes=num_classes, **sized)
     except (OSError, RuntimeError) as error:  # no network, or no Hugging Face Hub cache entry
@@ -463,6 +464,32 @@ def _create_timm(name: str, num_classes: int, pretrained: bool, image_size: int 
             "(HF_HOME), or pass model.weights_path=<state dict file>, or train from random init with "
             "model.weights=null"
         ) from None
+
+
+def _check_timm_size(name: str, image_size: int, own_size: int) -> None:
+    """A one-line error when timm's `name` built for `image_size` cannot take images of that size (MaxViT:
+    its windows must divide its feature maps), naming the nearest multiples of 32 it can take. The model
+    is built and run on the meta device: shapes only, no memory or compute."""
+
+    def refusal(size: int) -> str | None:
+        try:
+            with torch.device("meta"):
+                net = _timm().create_model(name, pretrained=False, num_classes=1, img_size=size)
+                net(torch.empty(1, 3, size, size))
+        except (AssertionError, ValueError, RuntimeError) as error:  # timm checks sizes with asserts
+            return (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return None
+
+    reason = refusal(image_size)
+    if reason is None:
+        return
+    below, above = max(32, image_size // 32 * 32), (image_size // 32 + 1) * 32
+    sizes = [size for size in dict.fromkeys((below, above)) if refusal(size) is None]
+    allowed = f"e.g. {' or '.join(map(str, sizes))}" if sizes else f"e.g. its own {own_size}"
+    raise ConfigError(
+        f"data.image_size={image_size} does not fit timm/{name} ({reason}); use a size it takes, "
+        f"{allowed}, or data.image_size=null for its own {own_size}"
+    )
 
 
 def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
