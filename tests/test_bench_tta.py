@@ -8,13 +8,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from fruitres.bench import report, tutorial
+from fruitres.bench import report, time_to_accuracy, tutorial
 from fruitres.bench.report import Outcome
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,6 +134,24 @@ def test_table_says_when_and_how_much_sooner_a_run_reached_the_target_or_that_it
     assert "| time cap (2.5 min) | 10 s | 2.0× |" in table
     assert (tmp_path / "tta.png").stat().st_size > 0
     assert len(read_csv(tmp_path / "tta_curves.csv")) == 10
+
+
+def test_the_tutorial_runs_its_whole_recipe_and_project_runs_share_what_the_budget_leaves(
+    tiny_dataset: Path,
+) -> None:
+    """The tutorial's final accuracy is what the project runs are timed against: the budget never cuts it."""
+    budget = ["--budget-minutes", "30", "--tutorial-cap-minutes", "12"]
+    args = time_to_accuracy.parse_args(["--to-accuracy", "0.95", "--data-dir", str(tiny_dataset), *budget])
+    assert args.tutorial_epochs == tutorial.EPOCHS == 5
+    runs = time_to_accuracy.plan(args)  # source: tutorial + 5 recipes; random: tutorial + scratch
+    began = time.time() - 20 * 60  # 20 of the 30 minutes spent
+    assert time_to_accuracy.run_cap(args, began, runs, tutorial_minutes=5) == 12
+    # after the source's tutorial, 6 project runs (5 recipes, scratch) share the 10 minutes left less the
+    # random init tutorial's 5
+    assert time_to_accuracy.run_cap(args, began, runs[1:], 5) == pytest.approx(5 / 6, abs=0.01)
+    # once no tutorial is left to come, the last run has the rest, up to --cap-minutes
+    assert time_to_accuracy.run_cap(args, began, runs[-1:], tutorial_minutes=5) == pytest.approx(4.0)
+    assert time_to_accuracy.run_cap(args, time.time() - 40 * 60, runs[1:], 5) == 0.1  # overrun: the floor
 
 
 def test_a_missing_source_checkpoint_or_data_folder_is_one_line_naming_it(

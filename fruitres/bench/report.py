@@ -124,8 +124,9 @@ def header(settings: dict) -> str:
     return (
         f"Time to {s['target']:g} validation accuracy on {s['data_dir']} ({s['classes']} classes: {images}); "
         f"{s['machine']}, {s['threads']} threads, torch {s['torch']}, load average {load[0]} at the start, "
-        f"{load[1]} at the end; {s['date']}; each run at most {s['cap_minutes']:g} min, less when the "
-        f"{s['budget_minutes']:g}-min budget ran short; {source}; "
+        f"{load[1]} at the end; {s['date']}; the tutorial {s.get('tutorial_epochs', 5)} epochs, at most "
+        f"{s.get('tutorial_cap_minutes', s['cap_minutes']):g} min; each project run at most "
+        f"{s['cap_minutes']:g} min, less when the {s['budget_minutes']:g}-min budget ran short; {source}; "
         f"{s['total_seconds'] / 60:.1f} min in all. Command: {s['command']}"
     )
 
@@ -156,7 +157,7 @@ def curves_figure(outcomes: Sequence[Outcome], target: float) -> Figure:
         axis.set_ylabel("validation accuracy")
         axis.set_ylim(0, 1.02)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8, loc="lower right")
+        axis.legend(fontsize=8, loc="center right")  # clear of the tutorial's low curve and the fast ones
     figure.tight_layout()
     return figure
 

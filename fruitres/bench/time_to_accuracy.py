@@ -6,16 +6,19 @@ clock that starts before the run builds anything:
 
 - two starting points: the backbone of a source run that the project trained on the other classes (A),
   given as `--source-ckpt` or trained here first (`experiment=transfer_source`), and random init;
-- from each, the tutorial's recipe and loop (tutorial.py: SGD 1e-4, ToTensor, float32, 100 px, 5 epochs);
+- from each, the tutorial's recipe and loop (tutorial.py: SGD 1e-4, ToTensor, float32, 100 px) for its
+  5 epochs (`--tutorial-epochs`), capped only by `--tutorial-cap-minutes`: its final accuracy is the
+  reference the other runs are timed against, so it is not cut short to fit the budget;
 - then the project's recipes through the real `fruitres.train` job: from the source backbone each recipe
   of `--recipes` as the transfer study runs it (`experiment=transfer_target recipe=<name>`: 120 steps),
   from random init the recipe the source itself was trained with (`experiment=transfer_source
   recipe=scratch`: 12 epochs).
 
-A run stops at its target, at the end of its recipe's schedule, or at its time cap: `--cap-minutes`, or
-less when the runs left would otherwise take the whole command past `--budget-minutes`. The project's runs
-aim at the target or at the tutorial's final accuracy from the same start (its last validation),
-whichever is higher, so that the table can say how much sooner they reach what the tutorial ends with.
+A project run stops at its target, at the end of its recipe's schedule, or at its time cap:
+`--cap-minutes`, or less when the runs left would otherwise take the whole command past
+`--budget-minutes`. The project's runs aim at the target or at the tutorial's final accuracy from the
+same start (its last validation), whichever is higher, so that the table can say how much sooner they
+reach what the tutorial ends with.
 Writes tta.md, tta.csv, tta_curves.csv, tta.json and tta.png (validation accuracy against wall time)
 into `--out`.
 """
@@ -188,7 +191,7 @@ def run_tutorial(
     val = tutorial.loader(image_list(datamodule, "val", args.tutorial_image_size), shuffle=False)
     net = loop.new_net(source if start == SOURCE else None)
     optimizer, best_accuracy, best_state = loop.optimizer(net), -1.0, None
-    for epoch in range(tutorial.EPOCHS):
+    for epoch in range(args.tutorial_epochs):
         trained = list(cut_at(loop.train_steps(net, optimizer, loop.loader), deadline))
         accuracy = loop.accuracy(net, val)
         epochs = epoch + len(trained) / len(loop.loader)
@@ -200,7 +203,7 @@ def run_tutorial(
         outcome.stopped = stop_reason(accuracy, args.target, time.time() >= deadline)
         if outcome.stopped:
             break
-    outcome.stopped = outcome.stopped or f"{tutorial.EPOCHS} epochs"
+    outcome.stopped = outcome.stopped or f"{args.tutorial_epochs} epochs"
     outcome.fit_seconds = time.time() - started
     net.load_state_dict(best_state)
     outcome.test_acc = loop.accuracy(net, tutorial.loader(image_list(datamodule, "test", outcome.image_size)))
@@ -257,10 +260,15 @@ def plan(args: argparse.Namespace) -> list[Run]:
     return [run for start in args.starts for run in runs[start]]
 
 
-def run_cap(args: argparse.Namespace, began: float, runs_left: int) -> float:
-    """Minutes for the next run: `--cap-minutes`, less when the runs left would overrun `--budget-minutes`."""
-    left = args.budget_minutes - (time.time() - began) / 60
-    return max(0.1, min(args.cap_minutes, left / runs_left))
+def run_cap(args: argparse.Namespace, began: float, runs: list[Run], tutorial_minutes: float) -> float:
+    """Minutes for the next of `runs`: the tutorial's own cap; for a project run `--cap-minutes`, less
+    when the project runs left, after the tutorials still to come (`tutorial_minutes` each), would
+    overrun `--budget-minutes`."""
+    if runs[0].recipe == TUTORIAL:
+        return args.tutorial_cap_minutes
+    tutorials_left = sum(run.recipe == TUTORIAL for run in runs)
+    left = args.budget_minutes - (time.time() - began) / 60 - tutorials_left * tutorial_minutes
+    return max(0.1, min(args.cap_minutes, left / (len(runs) - tutorials_left)))
 
 
 def run_all(args: argparse.Namespace) -> dict:
@@ -271,7 +279,8 @@ def run_all(args: argparse.Namespace) -> dict:
     outcomes: list[Outcome] = []
     runs = plan(args)
     for index, run in enumerate(runs):
-        cap = run_cap(args, began, len(runs) - index)
+        tutorials = [o.fit_seconds / 60 for o in outcomes if o.recipe == TUTORIAL]  # the last: an estimate
+        cap = run_cap(args, began, runs[index:], tutorials[-1] if tutorials else args.tutorial_cap_minutes)
         print(f"{run.start} · {run.recipe} (at most {cap:.1f} min)", flush=True)
         if run.recipe == TUTORIAL:
             outcomes.append(run_tutorial(args, run.start, source, datamodule, cap))
@@ -291,6 +300,8 @@ def run_all(args: argparse.Namespace) -> dict:
         "images": {split: len(images) for split, images in datamodule.datasets.items()},
         "target": args.target,
         "cap_minutes": args.cap_minutes,
+        "tutorial_epochs": args.tutorial_epochs,
+        "tutorial_cap_minutes": args.tutorial_cap_minutes,
         "budget_minutes": args.budget_minutes,
         "source_ckpt": str(source) if source else "",
         "source_seconds": round(source_seconds, 1),
@@ -324,9 +335,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--recipes", default=",".join(RECIPES), help="conf/recipe/ names, from the source")
     parser.add_argument("--starts", default=f"{SOURCE},{RANDOM}", help="source, random or both (default)")
-    parser.add_argument("--cap-minutes", type=float, default=4.0, help="wall-time limit of each run")
+    parser.add_argument("--cap-minutes", type=float, default=4.0, help="wall-time limit of a project run")
     parser.add_argument(
-        "--budget-minutes", type=float, default=30.0, help="all of it, source included: later caps shrink"
+        "--tutorial-epochs", type=int, default=tutorial.EPOCHS, help="its 5, or more for a long run"
+    )
+    parser.add_argument(
+        "--tutorial-cap-minutes", type=float, default=10.0, help="wall-time limit of a tutorial run"
+    )
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=30.0,
+        help="all of it, source included: project runs' caps shrink to fit it",
     )
     parser.add_argument("--tutorial-image-size", type=int, default=tutorial.IMAGE_SIZE)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
