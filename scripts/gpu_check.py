@@ -1,4 +1,5 @@
-"""The GPU check that scripts/gpu_check.sh runs: placement, bf16 learning, throughput, loader throughput.
+"""The GPU check that scripts/gpu_check.sh runs: placement, bf16 learning, throughput, time to accuracy,
+loader throughput.
 
 Each step's results are added to $OUT/gpu_bench.json as soon as the step ends, so a run cut short still
 reports what it measured. Data come from the project's own generator (no dataset on a GPU machine).
@@ -20,7 +21,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 
+from fruitres.bench import report as tta_report
 from fruitres.bench import throughput as bench
+from fruitres.bench import time_to_accuracy
 from fruitres.data.embedded import write_embedded_dataset
 from fruitres.train import train
 
@@ -139,6 +142,31 @@ def benchmark(*arguments: str) -> dict:
     return report
 
 
+def time_to_accuracy_check(budget_minutes: float = 3.0) -> dict:
+    """`python -m fruitres.bench --to-accuracy 0.95` on the generated data, on the GPU: the source backbone
+    trained on the first half of the classes, then the tutorial and the project's recipes on the other half.
+    Its table, curves and JSON go to $OUT/tta."""
+    names = sorted(path.name for path in (DATA / "Training").iterdir())
+    classes_a, classes_b = ROOT / "classes_a.txt", ROOT / "classes_b.txt"
+    classes_a.write_text("\n".join(names[: len(names) // 2]) + "\n")
+    classes_b.write_text("\n".join(names[len(names) // 2 :]) + "\n")
+    args = time_to_accuracy.parse_args(
+        ["--to-accuracy", "0.95", "--data-dir", str(DATA), "--classes-a", str(classes_a),
+         "--classes-b", str(classes_b), "--out", str(OUT / "tta"), "--budget-minutes", str(budget_minutes),
+         "--cap-minutes", str(budget_minutes / 6), "--tutorial-cap-minutes", str(budget_minutes / 6)]
+    )  # fmt: skip
+    results = time_to_accuracy.run_all(args)
+    print(tta_report.write(results, args.out), flush=True)
+    outcomes = [tta_report.Outcome(**outcome) for outcome in results["outcomes"]]
+    rows = [tta_report.row(outcome, outcomes, args.target) for outcome in outcomes]
+    return {  # the whole table: $OUT/tta/tta.md and tta.json
+        "seconds_to_target": {f"{r['start']}-{r['recipe']}": r["seconds_to_target"] or None for r in rows},
+        "best_val_acc": {f"{r['start']}-{r['recipe']}": r["best_val_acc"] for r in rows},
+        "seconds": results["settings"]["total_seconds"],
+        "ok": any(r["reached"] for r in rows if r["recipe"] != tta_report.TUTORIAL),
+    }
+
+
 def loader_sweep() -> dict:
     """Data-loading throughput (bare; to the GPU and normalised; also augmented) and full bf16 training
     throughput, by number of loader workers: the evidence for data.num_workers on a GPU machine."""
@@ -198,6 +226,7 @@ def steps() -> list[tuple[str, Callable[[], dict]]]:
         ("learning_fp32", lambda: check_learning("32-true", channels_last=False)),
         ("probe", check_probe),
         ("throughput", lambda: benchmark("--variants", "full,frozen3,probe", "--repeats", "3")),
+        ("time_to_accuracy", time_to_accuracy_check),
         ("loader", loader_sweep),
         ("augment", lambda: benchmark("--variants", "full", "--augment", "false,true", "--repeats", "2")),
         (

@@ -186,7 +186,7 @@ def run_tutorial(
         image_list(datamodule, "train", args.tutorial_image_size),
         tutorial.BATCH_SIZE,
         datamodule.num_classes,
-        torch.device("cpu"),
+        device(),
     )
     val = tutorial.loader(image_list(datamodule, "val", args.tutorial_image_size), shuffle=False)
     net = loop.new_net(source if start == SOURCE else None)
@@ -208,6 +208,12 @@ def run_tutorial(
     net.load_state_dict(best_state)
     outcome.test_acc = loop.accuracy(net, tutorial.loader(image_list(datamodule, "test", outcome.image_size)))
     return outcome
+
+
+def device() -> torch.device:
+    """The tutorial's device, picked as its text does: the GPU when there is one (the project's runs get
+    it too, from `trainer: auto`)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def cut_at(steps: Iterator, deadline: float) -> Iterator:
@@ -291,7 +297,7 @@ def run_all(args: argparse.Namespace) -> dict:
         print(report.one_line(outcomes[-1], args.target), flush=True)
     settings = {
         "command": "python -m fruitres.bench " + " ".join(args.argv),
-        "machine": machine_name(torch.device("cpu")),
+        "machine": ", ".join(dict.fromkeys([machine_name(torch.device("cpu")), machine_name(device())])),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "load_average": [round(load_before, 2), round(psutil.getloadavg()[0], 2)],
