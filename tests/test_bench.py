@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fruitres.bench.throughput import (
     PROJECT_AUGMENTED,
     PROJECT_DATA,
@@ -42,6 +44,11 @@ def test_benchmark_prints_the_table_and_writes_json_for_each_variant(
         assert {"x_tutorial", "images_per_cpu_s", "peak_rss_mib"} <= row.keys()
         assert len(report["eval"][label]["images_per_s"]["values"]) == 2
     assert report["train"][TUTORIAL]["x_tutorial"]["values"] == [1.0, 1.0]
+    tutorial_speeds = report["train"][TUTORIAL]["images_per_s"]["values"]
+    for label in projects:  # each repeat's training speed over the tutorial's training speed in that repeat
+        speeds = report["train"][label]["images_per_s"]["values"]
+        ratios = [speed / tutorial for speed, tutorial in zip(speeds, tutorial_speeds, strict=True)]
+        assert report["train"][label]["x_tutorial"]["values"] == pytest.approx(ratios)
     assert list(report["data"]) == [TUTORIAL_DATA, PROJECT_DATA, PROJECT_PREPARED, PROJECT_AUGMENTED]
     assert report["settings"]["train_images"] == 5 * 36 and report["settings"]["batch_size"] == 16
     assert (tmp_path / "data" / "cache").is_dir()  # caches under FRUITRES_ROOT, not in the data folder

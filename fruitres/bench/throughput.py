@@ -372,8 +372,8 @@ def measure(
     results.add("train", label, "images_per_cpu_s", timeline.cpu_throughput())
     results.add("train", label, "peak_rss_mib", peak["bytes"] / 2**20)
     if cfg is None:
-        speed = time_tutorial_evaluation(tutorial, net, args.eval_steps, args.warmup)
-        results.add("eval", label, "images_per_s", speed)
+        evaluation = time_tutorial_evaluation(tutorial, net, args.eval_steps, args.warmup)
+        results.add("eval", label, "images_per_s", evaluation)
     else:
         results.add("train", label, "setup_s", setup_seconds)
         results.add("eval", label, "images_per_s", project.evaluate(cfg, model, args.eval_steps, args.warmup))
