@@ -121,12 +121,13 @@ def test_table_says_when_and_how_much_sooner_a_run_reached_the_target_or_that_it
         "settings": {
             "target": 0.95, "data_dir": "d", "classes": 3, "images": {"train": 9}, "machine": "m",
             "threads": 2, "torch": "t", "load_average": [1.0, 2.0], "date": "now", "cap_minutes": 4,
-            "budget_minutes": 30,
+            "budget_minutes": 30, "tutorial_epochs": 5, "tutorial_cap_minutes": 10,
             "source_ckpt": "s.ckpt", "source_seconds": 0.0, "total_seconds": 60.0, "command": "c",
         },
         "outcomes": [o.__dict__ for o in outcomes],
     }  # fmt: skip
     table = report.write(results, tmp_path)
+    assert "the tutorial 5 epochs, at most 10 min; each project run at most 4 min" in table
     lines = table.splitlines()
     assert "| random init | scratch | 64 | not reached | — | 0.940 |" in table
     assert any(line.startswith("| source backbone (classes A) | probe | 64 | 20 s | 2 |") for line in lines)

@@ -124,8 +124,8 @@ def header(settings: dict) -> str:
     return (
         f"Time to {s['target']:g} validation accuracy on {s['data_dir']} ({s['classes']} classes: {images}); "
         f"{s['machine']}, {s['threads']} threads, torch {s['torch']}, load average {load[0]} at the start, "
-        f"{load[1]} at the end; {s['date']}; the tutorial {s.get('tutorial_epochs', 5)} epochs, at most "
-        f"{s.get('tutorial_cap_minutes', s['cap_minutes']):g} min; each project run at most "
+        f"{load[1]} at the end; {s['date']}; the tutorial {s['tutorial_epochs']} epochs, at most "
+        f"{s['tutorial_cap_minutes']:g} min; each project run at most "
         f"{s['cap_minutes']:g} min, less when the {s['budget_minutes']:g}-min budget ran short; {source}; "
         f"{s['total_seconds'] / 60:.1f} min in all. Command: {s['command']}"
     )
