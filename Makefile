@@ -73,19 +73,19 @@ transfer: $(STAMP) ## transfer study: source on classes A, B by recipe x images/
 		$(ARGS) $(TARGET_ARGS)
 
 bench: $(STAMP) ## project vs the tutorial's loop, images/s (embedded data); ARGS="--data-dir DIR --json FILE"
-	$(PY) -m fruitres.bench $(ARGS)
+	$(PY) -m fruitres.bench throughput $(ARGS)
 
 # The tutorial's recipe and the project's recipes on CLASSES_B of DATA, from a backbone trained on CLASSES_A
 # (SOURCE_CKPT, or trained first) and from random init: time to TARGET, curves (tta.png), table (tta.md/.csv).
 bench-tta: $(STAMP) ## time to 0.95 val accuracy, tutorial vs recipes (<30 min on 2 cores); DATA, SOURCE_CKPT
-	$(PY) -m fruitres.bench --to-accuracy $(TARGET) --data-dir $(DATA) --classes-a $(CLASSES_A) \
+	$(PY) -m fruitres.bench tta --target $(TARGET) --data-dir $(DATA) --classes-a $(CLASSES_A) \
 		--classes-b $(CLASSES_B) $(if $(SOURCE_CKPT),--source-ckpt $(SOURCE_CKPT)) --out $(BENCH_TTA_DIR) $(ARGS)
 
 # From scratch at an equal fitting budget on DATA: parameters, train and eval images/s, test accuracy.
 archs: $(STAMP) ## compare backbones (torchvision and timm) at an equal time budget on DATA; ARGS="--seconds 300"
 	$(PY) benchmarks/archs.py --data-dir $(DATA) $(ARGS)
 
-bench-gpu: ## on a GPU machine: placement, bf16 learning, throughput (compile on/off), JSON under OUT (or /tmp)
+bench-gpu: ## on a fresh GPU machine, <8 min: GPU tests, bf16/16-mixed, DDP, compile, speed; OUT/gpu_check.json+.md
 	bash scripts/gpu_check.sh
 
 tensorboard: $(STAMP) ## serve TensorBoard on the runs under logs/

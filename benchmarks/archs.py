@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from lightning.pytorch import Callback
 
 from fruitres.checkpoints.loading import load_checkpoint
 from fruitres.files import write_text_whole
+from fruitres.run.devices import cpu_model
 from fruitres.train import train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -96,14 +96,6 @@ def run_arch(arch: str, args: argparse.Namespace, run_dir: Path) -> dict[str, fl
         "eval_img_s": round(eval_images_per_second(best), 1),
         "test_acc": round(float(metrics["test/acc"]), 4),
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def markdown(rows: list[dict], header: str) -> str:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.data.embedded import write_embedded_dataset
+from fruitres.run.devices import fastest_precision
 from fruitres.run.third_party_warnings import UNACTIONABLE_WARNINGS
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -28,6 +29,27 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 TINY_IMAGE_SIZE = 32
+CPUINFO = Path("/proc/cpuinfo")
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_tile"}  # as /proc/cpuinfo and lscpu spell them
+
+
+def cpu_flags() -> set[str] | None:
+    """This machine's CPU flags as lscpu shows them; None where /proc/cpuinfo is absent (not Linux)."""
+    if not CPUINFO.is_file():
+        return None
+    for line in CPUINFO.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def expected_cpu_precision() -> str:
+    """The precision a CPU run of an experiment asking for the fastest gets on this machine: bf16 autocast
+    where the CPU runs bf16 natively (AVX-512 BF16 or AMX), float32 elsewhere."""
+    flags = cpu_flags()
+    if flags is None:  # no independent reading of the flags: the rule's own probe
+        return fastest_precision("cpu")
+    return "bf16-mixed" if flags & NATIVE_BF16_FLAGS else "32-true"
 
 
 @pytest.fixture(scope="session")

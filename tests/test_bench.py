@@ -1,4 +1,4 @@
-"""`python -m fruitres.bench` (throughput): a tiny real run checks the table and JSON (shape, not speed)."""
+"""`python -m fruitres.bench throughput`: a tiny real run checks the table and JSON (shape, not speed)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ def test_benchmark_prints_the_table_and_writes_json_for_each_variant(
 ) -> None:
     report_file = tmp_path / "bench.json"
     command = [
-        sys.executable, "-m", "fruitres.bench", "--data-dir", str(tiny_dataset), "--image-size", "32",
-        "--batch-size", "16", "--variants", "full,probe", "--steps", "1", "--warmup", "1", "--repeats", "2",
-        "--eval-steps", "1", "--data-steps", "1", "--json", str(report_file), "data.num_workers=0",
+        sys.executable, "-m", "fruitres.bench", "throughput", "--data-dir", str(tiny_dataset),
+        "--image-size", "32", "--batch-size", "16", "--variants", "full,probe", "--steps", "1",
+        "--warmup", "1", "--repeats", "2", "--eval-steps", "1", "--data-steps", "1",
+        "--json", str(report_file), "data.num_workers=0",
     ]  # fmt: skip
     env = {**os.environ, "FRUITRES_ROOT": str(tmp_path)}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

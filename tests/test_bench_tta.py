@@ -1,4 +1,4 @@
-"""`python -m fruitres.bench --to-accuracy`: real runs on generated data write the table, CSVs and figure,
+"""`python -m fruitres.bench tta`: real runs on generated data write the table, CSVs and figure,
 and say truthfully which runs reached the target (shape and consistency, never speed)."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-from fruitres.bench import report, time_to_accuracy, tutorial
+from fruitres.bench import cli, report, time_to_accuracy, tutorial
 from fruitres.bench.report import Outcome
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def bench(*arguments: str, root: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "fruitres.bench", *arguments]
+    command = [sys.executable, "-m", "fruitres.bench", "tta", *arguments]
     env = {**os.environ, "FRUITRES_ROOT": str(root)}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
@@ -48,7 +48,7 @@ def test_time_to_accuracy_trains_the_source_then_each_run_and_writes_table_csv_a
     classes_a, classes_b = class_lists(tiny_dataset, tmp_path)
     out = tmp_path / "tta"
     result = bench(
-        "--to-accuracy", "0.05", "--data-dir", str(tiny_dataset), "--classes-a", str(classes_a),
+        "--target", "0.05", "--data-dir", str(tiny_dataset), "--classes-a", str(classes_a),
         "--classes-b", str(classes_b), "--recipes", "probe", "--cap-minutes", "1",
         "--tutorial-image-size", "32", "--out", str(out),
         "data.image_size=32", "data.batch_size=16", "data.num_workers=0",
@@ -142,7 +142,7 @@ def test_the_tutorial_runs_its_whole_recipe_and_project_runs_share_what_the_budg
 ) -> None:
     """The tutorial's final accuracy is what the project runs are timed against: the budget never cuts it."""
     budget = ["--budget-minutes", "30", "--tutorial-cap-minutes", "12"]
-    args = time_to_accuracy.parse_args(["--to-accuracy", "0.95", "--data-dir", str(tiny_dataset), *budget])
+    args = cli.parse_args(["tta", "--data-dir", str(tiny_dataset), *budget])
     assert args.tutorial_epochs == tutorial.EPOCHS == 5
     runs = time_to_accuracy.plan(args)  # source: tutorial + 5 recipes; random: tutorial + scratch
     began = time.time() - 20 * 60  # 20 of the 30 minutes spent
@@ -159,7 +159,7 @@ def test_a_missing_source_checkpoint_or_data_folder_is_one_line_naming_it(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
     missing = tmp_path / "nowhere.ckpt"
-    result = bench("--to-accuracy", "0.95", "--data-dir", str(tiny_dataset), "--source-ckpt", str(missing),
+    result = bench("--data-dir", str(tiny_dataset), "--source-ckpt", str(missing),
                    "--out", str(tmp_path / "out"), root=tmp_path)  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
@@ -168,15 +168,24 @@ def test_a_missing_source_checkpoint_or_data_folder_is_one_line_naming_it(
     )
     assert not (tmp_path / "out").exists()  # nothing ran
 
-    result = bench("--to-accuracy", "0.95", "--data-dir", str(tmp_path / "no-data"), root=tmp_path)
+    result = bench("--data-dir", str(tmp_path / "no-data"), root=tmp_path)
     assert result.returncode == 2
-    assert f"--data-dir {tmp_path / 'no-data'} has no Training/ folder" in result.stderr.splitlines()[-1]
-
-    result = bench(
-        "--to-accuracy", "0.95", "--data-dir", str(tiny_dataset), "--starts", "imagenet", root=tmp_path
+    assert result.stderr.splitlines()[-1].endswith(
+        f"argument --data-dir: {tmp_path / 'no-data'} has no Training/ folder; "
+        "pass the folder holding Training/ and Test/"
     )
+
+    result = bench("--data-dir", str(tiny_dataset), "--starts", "imagenet", root=tmp_path)
     assert result.returncode == 2
-    assert "--starts imagenet: give source, random or source,random" in result.stderr.splitlines()[-1]
+    assert result.stderr.splitlines()[-1].endswith(
+        "argument --starts: 'imagenet': choose from source, random"
+    )
+
+    result = bench("--data-dir", str(tiny_dataset), "--to-accuracy", "95", root=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].endswith(
+        "argument --target/--to-accuracy: 95: give a fraction in (0, 1], e.g. 0.95"
+    )
 
 
 class AlwaysClassZero(nn.Module):

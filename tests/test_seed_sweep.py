@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import expected_cpu_precision
 from test_sweeps import launch, only_sweep_dir
 
 from fruitres.errors import ConfigError
@@ -104,7 +105,7 @@ def test_a_sweep_is_one_mlflow_experiment_with_a_run_per_job(seed_sweep: SeedSwe
         tags = run.data.tags
         assert tags["provenance.git.commit"] == str(record["provenance"]["git"]["commit"])
         assert tags["provenance.data.splits.test.images"] == "50"
-        assert tags["provenance.hardware.precision"] == "32-true"
+        assert tags["provenance.hardware.precision"] == expected_cpu_precision()
         files = {
             a.path
             for folder in ("checkpoints", "sweep")

@@ -1,8 +1,11 @@
-"""Benchmarks of the project against the tutorial's loop: `python -m fruitres.bench` (README "Performance").
+"""Benchmarks of the project against the tutorial's loop: `python -m fruitres.bench MODE` (README
+"Performance").
 
-throughput.py       training and evaluation images per second at equal work (`make bench`)
+cli.py              the command line: a subcommand per mode, each mode's options from its module
+throughput.py       training and evaluation images per second at equal work
+                    (`python -m fruitres.bench throughput`, `make bench`)
 time_to_accuracy.py wall time to a validation accuracy, from a transferred backbone and from random init
-                    (`python -m fruitres.bench --to-accuracy 0.95`, `make bench-tta`)
+                    (`python -m fruitres.bench tta --target 0.95`, `make bench-tta`)
 tutorial.py         the tutorial's recipe and loop, which both compare against
 clock.py            the callback that times a project run's validations and stops it at its target
 report.py           the time-to-accuracy table, CSV and curves (PNG)

@@ -1,4 +1,5 @@
-"""`python -m fruitres.bench`: the project's training pipeline against the tutorial's plain PyTorch loop.
+"""`python -m fruitres.bench throughput`: the project's training pipeline against the tutorial's plain
+PyTorch loop.
 
 Both run in this one process on the same data, batch size, image size, threads and device, one after
 the other in every repeat (the order alternates), so that a machine busy with other work slows both
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import statistics
 import tempfile
 import threading
@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from fruitres.bench.tutorial import TutorialLoop, image_folder
 from fruitres.data.datamodule import Fruits360DataModule
-from fruitres.run.devices import uses_cuda
+from fruitres.run.devices import cpu_model, uses_cuda
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 VARIANTS = {"full": 0, "frozen3": 3, "probe": 5}  # --variants name → model.frozen_stages
@@ -418,10 +418,7 @@ def settings(args: argparse.Namespace, datamodule: Fruits360DataModule, device: 
 def machine_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({psutil.cpu_count()} cores)"
-    return f"{platform.processor() or platform.machine()} ({psutil.cpu_count()} cores)"
+    return f"{cpu_model()} ({psutil.cpu_count()} cores)"
 
 
 # --- reporting ---------------------------------------------------------------------------------------
@@ -462,11 +459,16 @@ def format_table(report: dict) -> str:
 
 
 # --- the command line --------------------------------------------------------------------------------
-def _choices(kind: Callable, allowed: tuple | None = None) -> Callable[[str], list]:
-    """A comma-separated list argument, each item converted by `kind`."""
+SUMMARY = "images per second vs the tutorial's loop (make bench)"
+
+
+def comma_list(kind: Callable, allowed: tuple | None = None) -> Callable[[str], list]:
+    """A comma-separated list argument of at least one item, each converted by `kind`."""
 
     def parse(text: str) -> list:
         items = [kind(item.strip()) for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: give at least one value")
         if allowed is not None and not set(items) <= set(allowed):
             raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(map(str, allowed))}")
         return items
@@ -482,12 +484,12 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m fruitres.bench",
-        description="Training throughput of the project's pipeline against the tutorial's plain loop.",
-        epilog="Lists (a,b) make one project row per combination. Unset precision/channels-last/compile "
-        "keep the experiment config's values. Extra key=value arguments are Hydra overrides.",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This mode's description and options, on its `python -m fruitres.bench throughput` parser."""
+    parser.description = "Training throughput of the project's pipeline against the tutorial's plain loop."
+    parser.epilog = (
+        "Lists (a,b) make one project row per combination. Unset precision/channels-last/compile "
+        "keep the experiment config's values. Extra key=value arguments are Hydra overrides."
     )
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides of the training config, e.g. data.num_workers=1"
@@ -496,20 +498,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--experiment", default="resnet18", help="the experiment config (default resnet18)")
     parser.add_argument(
         "--variants",
-        type=_choices(str, tuple(VARIANTS)),
+        type=comma_list(str, tuple(VARIANTS)),
         default=["full", "frozen3", "probe"],
         help="full (fine-tune all), frozen3 (frozen_stages=3), probe (frozen_stages=5)",
     )
-    parser.add_argument("--precision", type=_choices(str), default=[None], help="e.g. 32-true,bf16-mixed")
+    parser.add_argument("--precision", type=comma_list(str), default=[None], help="e.g. 32-true,bf16-mixed")
     parser.add_argument(
-        "--channels-last", type=_choices(_boolean), default=[None], help="true, false or both"
+        "--channels-last", type=comma_list(_boolean), default=[None], help="true, false or both"
     )
     parser.add_argument(
-        "--compile", type=_choices(_boolean), default=[None], help="torch.compile: true/false"
+        "--compile", type=comma_list(_boolean), default=[None], help="torch.compile: true/false"
     )
     parser.add_argument(
         "--augment",
-        type=_choices(_boolean),
+        type=comma_list(_boolean),
         default=[False],
         help="the config's training augmentation: false (default: the tutorial does none), true or both",
     )
@@ -524,9 +526,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-steps", type=int, default=5, help="timed batches of the tutorial's loader")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    args = parser.parse_args(argv)
-    args.argv = list(argv) if argv is not None else []
-    return args
 
 
 def quiet() -> None:
@@ -536,8 +535,8 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def main(argv: list[str]) -> None:
-    args = parse_args(argv)
+def run_command(args: argparse.Namespace) -> None:
+    """Measure, print the table and write the JSON of `python -m fruitres.bench throughput`'s `args`."""
     quiet()
     report = run(args)
     print()

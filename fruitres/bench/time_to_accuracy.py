@@ -1,4 +1,4 @@
-"""`python -m fruitres.bench --to-accuracy 0.95`: how soon each recipe reaches a validation accuracy.
+"""`python -m fruitres.bench tta --target 0.95`: how soon each recipe reaches a validation accuracy.
 
 Every run trains on the same data (the target classes B, validated on a seeded split of Training/; Test/
 only for the final figure) from the same starting weights, one after the other in this process, on a
@@ -46,7 +46,7 @@ from omegaconf import DictConfig
 from fruitres.bench import report, tutorial
 from fruitres.bench.clock import ValidationClock
 from fruitres.bench.report import Outcome
-from fruitres.bench.throughput import CONF_DIR, machine_name, quiet
+from fruitres.bench.throughput import CONF_DIR, comma_list, machine_name, quiet
 from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.errors import FixableError
 from fruitres.models.backbone import build_backbone
@@ -318,14 +318,45 @@ def run_all(args: argparse.Namespace) -> dict:
 
 
 # --- the command line --------------------------------------------------------------------------------
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m fruitres.bench --to-accuracy",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+SUMMARY = "time to a target accuracy vs the tutorial (make bench-tta)"
+
+
+def fraction(text: str) -> float:
+    """An accuracy to reach: a number in (0, 1]."""
+    error = argparse.ArgumentTypeError(f"{text}: give a fraction in (0, 1], e.g. 0.95")
+    try:
+        value = float(text)
+    except ValueError:
+        raise error from None
+    if not 0 < value <= 1:
+        raise error
+    return value
+
+
+def data_folder(text: str) -> Path:
+    """A folder holding Training/ (and Test/), as an absolute path."""
+    path = Path(text).resolve()
+    if not (path / "Training").is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{path} has no Training/ folder; pass the folder holding Training/ and Test/"
+        )
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This mode's description and options, on its `python -m fruitres.bench tta` parser."""
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "--target",
+        "--to-accuracy",
+        type=fraction,
+        default=0.95,
+        help="the validation accuracy to reach (default 0.95)",
     )
-    parser.add_argument("--to-accuracy", dest="target", type=float, required=True, help="e.g. 0.95")
-    parser.add_argument("--data-dir", type=Path, required=True, help="a folder with Training/ and Test/")
+    parser.add_argument(
+        "--data-dir", type=data_folder, required=True, help="a folder with Training/ and Test/"
+    )
     parser.add_argument("--source-ckpt", type=Path, help="a transfer_source run's best checkpoint")
     parser.add_argument("--classes-a", type=Path, default=CONF_DIR / "classes" / "fruits360_a.txt")
     parser.add_argument("--classes-b", type=Path, default=CONF_DIR / "classes" / "fruits360_b.txt")
@@ -339,8 +370,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="transfer_source",
         help="of scratch from random init (transfer_source)",
     )
-    parser.add_argument("--recipes", default=",".join(RECIPES), help="conf/recipe/ names, from the source")
-    parser.add_argument("--starts", default=f"{SOURCE},{RANDOM}", help="source, random or both (default)")
+    parser.add_argument(
+        "--recipes",
+        type=comma_list(str),
+        default=list(RECIPES),
+        help=f"conf/recipe/ names, from the source (default {','.join(RECIPES)})",
+    )
+    parser.add_argument(
+        "--starts",
+        type=comma_list(str, (SOURCE, RANDOM)),
+        default=[SOURCE, RANDOM],
+        help="source, random or both (default)",
+    )
     parser.add_argument("--cap-minutes", type=float, default=4.0, help="wall-time limit of a project run")
     parser.add_argument(
         "--tutorial-epochs", type=int, default=tutorial.EPOCHS, help="its 5, or more for a long run"
@@ -358,26 +399,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=42, help="the tutorial's (the project's: seed=)")
     parser.add_argument(
-        "--out", type=Path, default=Path("logs/bench_tta") / time.strftime("%Y-%m-%d_%H-%M-%S")
+        "--out",
+        type=lambda text: Path(text).resolve(),
+        default=f"logs/bench_tta/{time.strftime('%Y-%m-%d_%H-%M-%S')}",
+        help="the folder of the table, CSVs and curves (default logs/bench_tta/<time>)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of every project run, e.g. seed=1")
-    args = parser.parse_args(argv)
-    args.argv, args.recipes = list(argv), [name for name in args.recipes.split(",") if name]
-    args.starts = [start for start in args.starts.split(",") if start]
-    if not args.starts or not set(args.starts) <= {SOURCE, RANDOM}:
-        parser.error(f"--starts {','.join(args.starts)}: give source, random or source,random")
-    args.data_dir, args.out = args.data_dir.resolve(), args.out.resolve()
-    if not 0 < args.target <= 1:
-        parser.error(f"--to-accuracy {args.target}: give a fraction in (0, 1], e.g. 0.95")
-    if not (args.data_dir / "Training").is_dir():
-        parser.error(
-            f"--data-dir {args.data_dir} has no Training/ folder; pass the folder holding Training/ and Test/"
-        )
-    return args
 
 
-def main(argv: list[str]) -> None:
-    args = parse_args(argv)
+def run_command(args: argparse.Namespace) -> None:
+    """Run `python -m fruitres.bench tta`'s `args`, print the table and write its files."""
     quiet()
     try:
         results = run_all(args)

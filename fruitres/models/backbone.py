@@ -524,9 +524,15 @@ def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str
     )
 
 
+def torchvision_weights_file(arch: str, name: str) -> Path:
+    """The file torchvision reads `arch`'s weights `name` from before downloading them (TORCH_HOME as now)."""
+    url = torchvision.models.get_model_weights(arch)[name].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
 def _download_weights(arch: str, name: str) -> dict[str, torch.Tensor]:
     weights = torchvision.models.get_model_weights(arch)[name]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    cached = torchvision_weights_file(arch, name)
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad hash is a RuntimeError

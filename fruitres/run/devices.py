@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -20,10 +22,28 @@ def uses_cuda(accelerator: str = "auto") -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
+# What makes bf16 fast on a CPU, by torch's own (private) probes; a torch without a probe reads False.
+CPU_BF16_PROBES = {"avx512_bf16": "_is_avx512_bf16_supported", "amx": "_is_amx_tile_supported"}
+
+
+def cpu_bf16_features() -> dict[str, bool]:
+    """Which of the CPU features that run bf16 natively (AVX-512 BF16, AMX tiles) this CPU has."""
+    return {name: bool(getattr(torch.cpu, probe, lambda: False)()) for name, probe in CPU_BF16_PROBES.items()}
+
+
 def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX tiles (recent Xeon, Zen 4 and later); private torch probes, False if absent."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    """AVX-512 BF16 or AMX tiles (recent Xeon, Zen 4 and later)."""
+    return any(cpu_bf16_features().values())
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo; elsewhere what the platform reports)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
 
 
 def fastest_precision(accelerator: str = "auto") -> str:
@@ -43,3 +63,15 @@ def sweep_job_gpu(job_num: int | str) -> str:
 
 def gpu_count() -> int:
     return torch.cuda.device_count()
+
+
+def machine_summary() -> str:
+    """One line saying which kind of machine this is and the precision `auto` runs get on it."""
+    features = ", ".join(
+        f"{name} {'yes' if present else 'no'}" for name, present in cpu_bf16_features().items()
+    )
+    gpus = sorted({torch.cuda.get_device_name(i) for i in range(gpu_count())}) or ["none"]
+    return (
+        f"CPU: {cpu_model()} ({os.cpu_count()} cores; {features}); GPU: {', '.join(gpus)}; "
+        f"fastest precision: cpu {fastest_precision('cpu')}, auto {fastest_precision('auto')}"
+    )

@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch import Callback
 
 from fruitres.data.cache import cache_key_of
+from fruitres.run.devices import cpu_bf16_features, cpu_model
 
 PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "hydra-core")
 CHECKPOINT_KEY = "fruitres_provenance"  # where checkpoints hold the provenance of the run that wrote them
@@ -67,21 +68,12 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (Linux /proc/cpuinfo; elsewhere what the platform reports)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
-
-
 def host_hardware() -> dict[str, Any]:
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
+        "cpu_bf16": cpu_bf16_features(),
         "gpu": ", ".join(sorted(set(gpus))) or None,
         "gpu_count": len(gpus),
     }
