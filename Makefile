@@ -40,9 +40,10 @@ test-slow: $(STAMP) ## run only the slow end-to-end tests
 test-all: $(STAMP) ## run every test
 	$(PY) -m pytest $(ARGS)
 
-lint: $(STAMP) ## ruff lint and format check
+lint: $(STAMP) ## ruff lint and format check; the import layers contract (pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
@@ -101,5 +102,5 @@ export: $(STAMP) ## ONNX or TorchScript model + model.json: ARGS="ckpt_path=<.ck
 	$(PY) -m fruitres.export $(ARGS)
 
 clean: ## remove caches and build files (keeps logs/, data/ and .venv)
-	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	rm -rf .pytest_cache .ruff_cache .import_linter_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -18,15 +18,14 @@ from pathlib import Path
 import lightning as L
 import psutil
 import torch
-from hydra import compose, initialize_config_dir
 from lightning.pytorch import Callback
 
 from fruitres.checkpoints.loading import load_checkpoint
 from fruitres.files import write_text_whole
+from fruitres.run.compose import compose_config
 from fruitres.run.devices import cpu_model
 from fruitres.train import train
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 ARCHS = ("resnet18", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf", "timm/convnext_atto")
 EVAL_BATCH = 64
 
@@ -82,8 +81,7 @@ def run_arch(arch: str, args: argparse.Namespace, run_dir: Path) -> dict[str, fl
         f"+callbacks.throughput.path={throughput_file}",
         *args.overrides,
     ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_config("train", overrides)
     metrics = train(cfg)
     (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
     trained = json.loads(throughput_file.read_text())

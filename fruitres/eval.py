@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
@@ -23,7 +22,7 @@ from fruitres.reports.uncertainty import accuracy_interval
 from fruitres.run.instantiate import instantiate_callbacks, instantiate_loggers
 from fruitres.run.mlflow_tracking import store_run_files
 from fruitres.run.provenance import note_data, note_trainer
-from fruitres.run.task import run_task
+from fruitres.run.task import hydra_main, run_task
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     if trainer.world_size == 1:  # each process sees only its share of the images under DDP
         test_set = datamodule.datasets["test"]
-        image_rows = outcomes.rows([datamodule.split_paths["Test"][row] for row in test_set.rows], names)
+        image_rows = outcomes.rows(datamodule.image_paths("test"), names)
         write_csv_whole(
             output_dir / "predictions.csv",
             [{k: row[k] for k in PREDICTION_FIELDS} for row in image_rows],
@@ -98,7 +97,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra_main("eval")
 def main(cfg: DictConfig) -> float | None:
     return run_task(cfg, evaluate)
 

@@ -10,14 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 from fruitres.checkpoints.loading import LoadedCheckpoint, load_checkpoint
 from fruitres.files import replaced_whole, write_text_whole
 from fruitres.models.backbone import Logits
-from fruitres.run.task import run_task
+from fruitres.run.task import hydra_main, run_task
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ def export_task(cfg: DictConfig) -> dict[str, float]:
     return {"export/model_mib": model_file.stat().st_size / 2**20}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra_main("export")
 def main(cfg: DictConfig) -> float | None:
     return run_task(cfg, export_task)
 

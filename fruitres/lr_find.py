@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -26,7 +25,7 @@ from omegaconf import DictConfig
 from fruitres.errors import FixableError
 from fruitres.files import replaced_whole, write_text_whole
 from fruitres.run.instantiate import instantiate_loggers
-from fruitres.run.task import run_task
+from fruitres.run.task import hydra_main, run_task
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,7 @@ def lr_find(cfg: DictConfig) -> dict[str, float]:
     return {"lr_find/suggestion": suggestion}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="lr_find")
+@hydra_main("lr_find")
 def main(cfg: DictConfig) -> float | None:
     return run_task(cfg, lr_find)
 

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
@@ -19,7 +18,7 @@ from fruitres.errors import ConfigError
 from fruitres.models.tta import check_tta
 from fruitres.reports.predictions import Prediction, TopKPredictions, print_predictions, write_predictions
 from fruitres.run.provenance import note_trainer
-from fruitres.run.task import run_task
+from fruitres.run.task import hydra_main, run_task
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def predict_task(cfg: DictConfig) -> dict[str, float]:
     return {"predict/files": len(predictions), "predict/unreadable": sum(1 for p in predictions if p.error)}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra_main("predict")
 def main(cfg: DictConfig) -> float | None:
     return run_task(cfg, predict_task)
 

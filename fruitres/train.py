@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -18,13 +18,14 @@ from fruitres.run.launch import check_launch
 from fruitres.run.mlflow_tracking import store_run_files
 from fruitres.run.provenance import ProvenanceInCheckpoints, note_data, note_tested, note_trainer
 from fruitres.run.resume import expand_resume_argv, resume_point
-from fruitres.run.task import run_task
+from fruitres.run.task import hydra_main, run_task
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Seed → data → model → callbacks → loggers → trainer → fit → test the best checkpoint → metrics."""
+    started = time.monotonic()
     L.seed_everything(cfg.seed, workers=True)
     resume = resume_point(cfg)  # None unless ckpt_path is set; checks the checkpoint is whole
 
@@ -60,11 +61,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     store_run_files(trainer, [Path(best)] if best else [], "checkpoints")  # MLflow: provenance tags, best
 
     metrics = {name: float(value) for name, value in metrics.items()}
-    log_final_metrics(trainer, metrics)
+    log_final_metrics(trainer, metrics, wall_time_s=time.monotonic() - started)
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra_main("train")
 def main(cfg: DictConfig) -> float | None:
     return run_task(cfg, train)
 

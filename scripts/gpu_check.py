@@ -46,7 +46,7 @@ from fruitres.bench import report as tta_report
 from fruitres.bench.throughput import machine_name
 from fruitres.data.embedded import write_embedded_dataset
 from fruitres.models.weights_cache import install_weights_file
-from fruitres.run.record import read_record
+from fruitres.run_folders import read_record
 
 REPO = Path(__file__).resolve().parents[1]
 NO_CUDA = "skipped: no CUDA"

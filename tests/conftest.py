@@ -11,15 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.data.embedded import write_embedded_dataset
+from fruitres.run.compose import compose_config
 from fruitres.run.devices import fastest_precision
+from fruitres.run.installation import CONF_DIR
 from fruitres.run.third_party_warnings import UNACTIONABLE_WARNINGS
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -71,26 +70,24 @@ def set_up_datamodule(root: Path, tmp_path: Path, **overrides) -> Fruits360DataM
     return datamodule
 
 
-def compose_config(config_name: str, overrides: list[str] | None = None) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides or [])
-
-
-def tiny_train_overrides(data_dir: Path, run_dir: Path) -> list[str]:
-    """Overrides that make the real training config fast: tiny images, CPU, no progress bar."""
+def tiny_run_overrides(data_dir: Path) -> list[str]:
+    """Overrides that make a real training run fast: tiny images, CPU, no progress bar."""
     return [
         f"data.data_dir={data_dir}",
         f"data.image_size={TINY_IMAGE_SIZE}",
-        f"paths.root_dir={run_dir}",
-        f"paths.output_dir={run_dir}",
         "data.batch_size=16",
         "data.num_workers=0",
         "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
         "trainer.log_every_n_steps=1",
         "callbacks.progress_bar=null",
         "callbacks.model_summary=null",
     ]
+
+
+def tiny_train_overrides(data_dir: Path, run_dir: Path) -> list[str]:
+    """The fast overrides for one epoch, writing into `run_dir` (for configs composed in the test)."""
+    paths = [f"paths.root_dir={run_dir}", f"paths.output_dir={run_dir}"]
+    return [*paths, "trainer.max_epochs=1", *tiny_run_overrides(data_dir)]
 
 
 @pytest.fixture

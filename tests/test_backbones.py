@@ -282,7 +282,8 @@ def test_frozen_stages_out_of_range_gives_the_familys_range_and_stages(
 def test_timm_weights_name_and_unknown_timm_model_are_refused(tiny_dataset: Path, tmp_path: Path) -> None:
     base = tiny_train_overrides(tiny_dataset, tmp_path)
     with pytest.raises(
-        ConfigError, match="model.weights=IMAGENET1K_V1 is not allowed; use null or one of DEFAULT"
+        ConfigError,
+        match="model.weights=IMAGENET1K_V1 is not allowed for timm/resnet18; use null or one of DEFAULT",
     ):
         validate_config(
             compose_config("train", [*base, "model.arch=timm/resnet18", "model.weights=IMAGENET1K_V1"])

@@ -119,7 +119,10 @@ def test_problem_folder_trains_end_to_end(problem_tree, tmp_path: Path) -> None:
             "model.arch=resnet99",
             "model.arch=resnet99 is not allowed; use a torchvision classification model of the families",
         ),
-        ("model.weights=IMAGENET1K_V9", "model.weights=IMAGENET1K_V9 is not allowed; use null or one of"),
+        (
+            "model.weights=IMAGENET1K_V9",
+            "model.weights=IMAGENET1K_V9 is not allowed for resnet18; use null or one of",
+        ),
         ("model.optimizer.lr=0", "model.optimizer.lr=0 is not allowed; use a number > 0"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed; use an integer ≥ 1, or -1"),
         ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt is not allowed; use an existing .ckpt file"),

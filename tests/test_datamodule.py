@@ -10,6 +10,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config, tiny_train_overrides
+from hydra.utils import instantiate
 from PIL import Image
 
 from fruitres.data.cache import build_image_cache
@@ -134,22 +136,29 @@ def test_image_cache_resizes_with_the_interpolation_it_is_keyed_by(
     assert not np.array_equal(np.load(bilinear)[0], np.load(bicubic)[0])
 
 
+def composed_datamodule(tmp_path: Path, tiny_dataset: Path, *overrides: str) -> Fruits360DataModule:
+    """The data module the real train config builds: its null preprocessing filled by model.arch's own."""
+    cfg = compose_config("train", [*tiny_train_overrides(tiny_dataset, tmp_path), *overrides])
+    return instantiate(cfg.data)
+
+
 def test_null_preprocessing_is_the_backbones_own_and_a_given_value_wins(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
     pytest.importorskip("timm")
-    own = make_datamodule(tiny_dataset, tmp_path, backbone="timm/test_vit3", image_size=None)
+    vit = ("model.arch=timm/test_vit3", "model.weights=null")
+    own = composed_datamodule(tmp_path, tiny_dataset, *vit, "data.image_size=null")
     assert (own.hparams.image_size, own.hparams.interpolation) == (160, "bicubic")  # timm's pretrained cfg
     assert own.hparams.mean == own.hparams.std == [0.5, 0.5, 0.5]
     assert own.normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)).eq(1.0).all()  # (1 - 0.5) / 0.5
 
-    given = make_datamodule(
-        tiny_dataset, tmp_path, backbone="timm/test_vit3", mean=[0.2, 0.3, 0.4], interpolation="nearest"
+    given = composed_datamodule(
+        tmp_path, tiny_dataset, *vit, "data.mean=[0.2,0.3,0.4]", "data.interpolation=nearest"
     )
     assert (given.hparams.image_size, given.hparams.interpolation) == (32, "nearest")
     assert (given.hparams.mean, given.hparams.std) == ([0.2, 0.3, 0.4], [0.5, 0.5, 0.5])
 
-    torchvision_weights = make_datamodule(tiny_dataset, tmp_path, backbone="efficientnet_b0")
+    torchvision_weights = composed_datamodule(tmp_path, tiny_dataset, "model.arch=efficientnet_b0")
     assert torchvision_weights.hparams.interpolation == "bicubic"  # EfficientNet_B0_Weights' transforms
     assert torchvision_weights.hparams.mean == [0.485, 0.456, 0.406]
     without_backbone = make_datamodule(tiny_dataset, tmp_path)  # as checkpoints from before these keys

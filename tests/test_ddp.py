@@ -14,7 +14,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 from conftest import CONF_DIR, TINY_IMAGE_SIZE, compose_config
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -275,8 +274,7 @@ def test_ddp_that_would_rerun_a_local_sweep_in_every_rank_is_refused(
     if slurm:
         for name, value in {**SLURM_TASK_ENV, "SLURM_NTASKS": "2", "SLURM_NNODES": "1"}.items():
             in_process_trainer_state.setenv(name, value)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        hydra_cfg = compose("train", [f"hydra.mode={mode.name}"], return_hydra_config=True)
+    hydra_cfg = compose_config("train", [f"hydra.mode={mode.name}"], return_hydra_config=True)
     HydraConfig.instance().set_config(hydra_cfg)
     trainer = trainer_from_config(overrides, tmp_path)
     if refused:

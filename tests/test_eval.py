@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fruitres.data.folders import DatasetLayoutError
 from fruitres.eval import evaluate
+from fruitres.run_folders import tensorboard_events_dir
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG"
@@ -23,7 +24,7 @@ PNG_MAGIC = b"\x89PNG"
 
 def reported_scalar(run_dir: Path, tag: str) -> float:
     """The last value of a scalar the run logged to TensorBoard."""
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(tensorboard_events_dir(run_dir)), size_guidance={"scalars": 0})
     events.Reload()
     return events.Scalars(tag)[-1].value
 

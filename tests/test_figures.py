@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fruitres.callbacks.figures import SplitPredictions
 from fruitres.reports.figures import confusion_matrix_figure, per_class_bars, prediction_grid
+from fruitres.run_folders import tensorboard_events_dir
 
 NAMES = ["Apple", "Banana", "Cherry"]
 
@@ -18,7 +19,7 @@ NAMES = ["Apple", "Banana", "Cherry"]
 def test_a_training_run_logs_inputs_and_val_and_test_figures_to_tensorboard(
     trained_sweep: TrainedSweep,
 ) -> None:
-    events = EventAccumulator(str(trained_sweep.run_dir / "tensorboard"), size_guidance={"images": 0})
+    events = EventAccumulator(str(tensorboard_events_dir(trained_sweep.run_dir)), size_guidance={"images": 0})
     events.Reload()
     expected = {"train/inputs"} | {
         f"{split}/{name}"

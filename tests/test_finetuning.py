@@ -112,6 +112,27 @@ def test_gradual_unfreezing_trains_each_stage_from_its_configured_epoch(
                 assert lr == pytest.approx(head_lr * BACKBONE_LR_MULT, rel=1e-6), (step, name)
 
 
+def test_gradual_unfreezing_with_train_bn_adds_each_stage_without_its_already_training_batchnorm(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    cfg = gradual_config(
+        tiny_dataset, tmp_path, [1], "cosine", ["trainer.max_epochs=2", "model.train_bn=true"]
+    )
+    train(cfg)
+
+    epochs = first_step_of_each_epoch(probe_steps(tmp_path))
+    batchnorm_groups = [f"{stage}/bn/no_decay" for stage in ("layer4", "layer3", "layer2", "layer1", "stem")]
+    assert list(epochs[0]["lrs"]) == ["head", "head/no_decay", *batchnorm_groups]
+    assert list(epochs[1]["lrs"]) == ["head", "head/no_decay", *batchnorm_groups, "layer4"]
+    all_stages = ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert epochs[0]["bn_training"] == epochs[1]["bn_training"] == all_stages
+    for step in probe_steps(tmp_path):  # the BatchNorm groups follow the schedule from the first step
+        head_lr = step["lrs"]["head"]
+        for name, lr in step["lrs"].items():
+            if not name.startswith("head"):
+                assert lr == pytest.approx(head_lr * BACKBONE_LR_MULT, rel=1e-6), (step, name)
+
+
 def test_gradual_unfreezing_rejects_more_epochs_than_frozen_stages(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import TrainedSweep
 
-from fruitres.checkpoints.files import CheckpointError
 from fruitres.checkpoints.loading import load_checkpoint
+from fruitres.errors import CheckpointError
 
 
 class _RunsCodeWhenUnpickled:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from conftest import CONF_DIR, TINY_IMAGE_SIZE, compose_config, tiny_train_overrides
-from hydra import compose, initialize_config_dir
 from hydra.core.utils import env_override
 from hydra.utils import instantiate
 from joblib import Parallel, delayed
@@ -87,8 +86,7 @@ def test_submitit_local_sweep_gives_the_basic_launchers_table_with_one_gpu_per_j
 
 
 def hydra_config(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides, return_hydra_config=True)
+    return compose_config("train", overrides, return_hydra_config=True)
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from fruitres.models.backbone import WeightsUnavailableError, build_backbone
-from fruitres.models.classifier import FruitClassifier
+from fruitres.models.backbone import WeightsUnavailableError, build_backbone, no_weight_decay_patterns
+from fruitres.models.classifier import FruitClassifier, name_matches
 from fruitres.models.schedules import cosine_with_warmup, one_cycle
 
 
@@ -83,6 +83,76 @@ def test_backbone_learning_rate_is_a_fraction_of_the_head_rate() -> None:
     assert len(lrs) == 10 and all(lr == pytest.approx(0.05) for lr in lrs.values())  # 5 stages, 2 groups each
     in_optimizer = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     assert in_optimizer == model.parameter_counts()["params/total"]
+
+
+# --- weight decay exemptions by name ------------------------------------------------------------------
+def decayed_and_exempt(model: FruitClassifier) -> tuple[set[str], set[str]]:
+    """The names of the parameters the optimizer decays, and of those it leaves alone."""
+    optimizer = model.configure_optimizers()["optimizer"]
+    names = {id(p): name for name, p in model.net.named_parameters()}
+    decayed = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    exempt = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    return decayed, exempt
+
+
+def tiny_timm_vit(**overrides) -> FruitClassifier:
+    pytest.importorskip("timm")  # the timm extra
+    return FruitClassifier(num_classes=3, arch="timm/vit_tiny_patch16_224", image_size=32, **overrides)
+
+
+def exempt_by_name(net: torch.nn.Module) -> set[str]:
+    patterns = no_weight_decay_patterns(net)
+    return {name for name, _ in net.named_parameters() if name_matches(name, patterns)}
+
+
+def test_timm_vit_position_embedding_and_class_token_are_not_decayed() -> None:
+    decayed, exempt = decayed_and_exempt(tiny_timm_vit())
+
+    assert {"pos_embed", "cls_token"} <= exempt and not {"pos_embed", "cls_token"} & decayed
+    assert {"norm.weight", "blocks.0.attn.qkv.bias"} <= exempt  # and the one-dimensional ones, as before
+    assert {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "head.weight"} <= decayed
+
+
+def test_decay_norm_and_bias_decays_norms_and_biases_but_not_what_the_model_exempts() -> None:
+    decayed, exempt = decayed_and_exempt(tiny_timm_vit(decay_norm_and_bias=True))
+
+    assert exempt == {"pos_embed", "cls_token"}
+    assert {"norm.weight", "blocks.0.norm1.bias", "head.bias"} <= decayed
+
+
+def test_torchvision_vit_and_swin_exempt_what_timm_exempts_in_its_copies() -> None:
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16
+    )
+    small_swin = dict(patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2])
+    swin = torchvision.models.SwinTransformer(**small_swin)
+    swin_v2 = torchvision.models.SwinTransformer(
+        **small_swin,
+        block=torchvision.models.swin_transformer.SwinTransformerBlockV2,
+        downsample_layer=torchvision.models.swin_transformer.PatchMergingV2,
+    )
+
+    assert exempt_by_name(vit) == {"class_token", "encoder.pos_embedding"}
+    assert exempt_by_name(swin) == {f"features.{i}.0.attn.relative_position_bias_table" for i in (1, 3)}
+    v2_names = ("logit_scale", "cpb_mlp.0.weight", "cpb_mlp.0.bias", "cpb_mlp.2.weight")
+    assert exempt_by_name(swin_v2) == {f"features.{i}.0.attn.{name}" for i in (1, 3) for name in v2_names}
+    assert exempt_by_name(torchvision.models.resnet18()) == set()
+
+
+@pytest.mark.parametrize(
+    ("name", "pattern", "exempt"),
+    [
+        ("pos_embed", "pos_embed", True),
+        ("pos_embed.proj.weight", "pos_embed", True),  # a module's name covers its parameters
+        ("pos_embed.proj.weight", "pos_embed.*", True),  # fnmatch patterns, as timm's XCiT gives
+        ("pos_embedding", "pos_embed", False),  # a whole name, not the start of one
+        ("blocks.0.pos_embed", "pos_embed", False),  # names are paths from the model, as timm's
+    ],
+)
+def test_the_models_exemptions_match_whole_names_modules_and_patterns(
+    name: str, pattern: str, exempt: bool
+) -> None:
+    assert name_matches(name, [pattern]) is exempt
 
 
 @pytest.mark.parametrize("total_steps", [1, 2, 4, 50])

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fruitres.errors import ConfigError
 from fruitres.predict import expand_inputs, predict
+from fruitres.run_folders import tensorboard_events_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,9 @@ def test_predict_agrees_with_the_runs_test_accuracy(
     )
 
     hits = [Path(p.path).parent.name == p.classes[0] for p in predictions]
-    events = EventAccumulator(str(trained_sweep.run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(
+        str(tensorboard_events_dir(trained_sweep.run_dir)), size_guidance={"scalars": 0}
+    )
     events.Reload()
     assert len(hits) == 50
     assert sum(hits) / len(hits) == pytest.approx(events.Scalars("test/acc")[-1].value, abs=1e-6)

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import CONF_DIR, TINY_IMAGE_SIZE
+from conftest import CONF_DIR, tiny_run_overrides
 
 from fruitres.models.backbone import torchvision_weights_file
 from fruitres.models.weights_cache import install_weights_file
-from fruitres.run.record import read_record
+from fruitres.run_folders import read_record
 
 pytestmark = pytest.mark.slow  # real training processes: about a minute each on 2 cores
 
@@ -81,18 +81,7 @@ def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def train(overrides: list[str], run_dir: Path, dataset: Path, **env: str) -> subprocess.CompletedProcess:
     command = [
         sys.executable,
-        "-m",
-        "fruitres.train",
-        *overrides,
-        f"data.data_dir={dataset}",
-        f"data.image_size={TINY_IMAGE_SIZE}",
-        "data.batch_size=16",
-        "data.num_workers=0",
-        "trainer.accelerator=cpu",
-        "trainer.log_every_n_steps=1",
-        "callbacks.progress_bar=null",
-        "callbacks.model_summary=null",
-        f"hydra.run.dir={run_dir}",
+        *("-m", "fruitres.train", *overrides, *tiny_run_overrides(dataset), f"hydra.run.dir={run_dir}"),
     ]
     environment = {**os.environ, **NO_NETWORK, "FRUITRES_ROOT": str(run_dir.parent), **env}
     return subprocess.run(

@@ -13,7 +13,7 @@ from lightning.pytorch import Callback
 from omegaconf import DictConfig, open_dict
 
 from fruitres.callbacks.safety import NonFiniteLossError
-from fruitres.checkpoints.files import check_checkpoint_file
+from fruitres.files import check_checkpoint_file
 from fruitres.train import train
 
 STEPS_PER_EPOCH = 2

@@ -19,7 +19,7 @@ from fruitres.errors import ConfigError
 from fruitres.reports.sweep_report import CSV_FILE, GROUPS_CSV_FILE, MARKDOWN_FILE
 from fruitres.reports.uncertainty import wilson_interval
 from fruitres.run.mlflow_tracking import MISSING, mlflow_logger
-from fruitres.run.record import read_record
+from fruitres.run_folders import read_record
 
 LEARNING_RATES = ("0.001", "0.003")
 

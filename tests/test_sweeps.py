@@ -19,7 +19,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from fruitres.reports.sweep_report import CSV_FILE, MARKDOWN_FILE
 from fruitres.reports.uncertainty import wilson_interval
-from fruitres.run.record import RECORD_FILE, read_record
+from fruitres.run.hparams import PROVENANCE_TAG
+from fruitres.run_folders import RECORD_FILE, read_record, tensorboard_events_dir
 
 REPO = Path(__file__).resolve().parents[1]
 RESNET18_TRAINABLE = {3: 2_099_712 + 8_393_728 + 512 * 5 + 5, 5: 512 * 5 + 5}  # by frozen_stages, 5 classes
@@ -61,15 +62,32 @@ def table_rows(sweep_dir: Path) -> list[dict[str, str]]:
 
 def logged_hparams(job_dir: Path) -> dict[str, Any]:
     """The hyperparameters TensorBoard's HParams tab shows for a job."""
-    events = EventAccumulator(str(job_dir / "tensorboard"))
+    events = EventAccumulator(str(tensorboard_events_dir(job_dir)))
     events.Reload()
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
     return {name: getattr(value, value.WhichOneof("kind")) for name, value in info.hparams.items()}
 
 
+def swept_columns(job_dir: Path) -> list[str]:
+    """The HParams columns the job's experiment marks as differing: those the tab lists first."""
+    events = EventAccumulator(str(tensorboard_events_dir(job_dir)))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/experiment"]
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    return [info.name for info in experiment.hparam_infos if info.differs]
+
+
+def logged_provenance(job_dir: Path) -> str:
+    """The provenance table TensorBoard's Text tab shows for a job."""
+    events = EventAccumulator(str(tensorboard_events_dir(job_dir)), size_guidance={"tensors": 0})
+    events.Reload()
+    (text,) = events.Tensors(f"{PROVENANCE_TAG}/text_summary")
+    return text.tensor_proto.string_val[0].decode()
+
+
 def scalar_tags(job_dir: Path) -> set[str]:
-    events = EventAccumulator(str(job_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(tensorboard_events_dir(job_dir)), size_guidance={"scalars": 0})
     events.Reload()
     return set(events.Tags()["scalars"])
 
@@ -100,10 +118,13 @@ def test_grid_sweep_gives_each_job_its_directory_and_the_sweep_one_table(
         record = read_record(job_dir)
         assert record["status"] == "ok" and record["epochs"] == 1 and record["wall_time_s"] > 0
         hparams = logged_hparams(job_dir)
-        assert hparams["model/optimizer/lr"] == pytest.approx(lr)
-        assert hparams["model/frozen_stages"] == frozen
+        assert hparams["model.optimizer.lr"] == pytest.approx(lr)
+        assert hparams["model.frozen_stages"] == frozen
         assert hparams["params/trainable"] == RESNET18_TRAINABLE[int(frozen)]
-        assert {"hp/val_acc_best", "hp/test_acc"} <= scalar_tags(job_dir)
+        assert swept_columns(job_dir) == ["model.optimizer.lr", "model.frozen_stages"]  # listed first
+        run_name = f"lr={overrides[-2].split('=')[1]},frozen_stages={int(frozen)}"
+        assert tensorboard_events_dir(job_dir).name == run_name
+        assert {"test/acc_ci_low", "test/acc_ci_high", "time/wall_s"} <= scalar_tags(job_dir)
     assert grid == {(1e-3, 3), (1e-3, 5), (1e-2, 3), (1e-2, 5)}
 
     rows = table_rows(sweep_dir)

@@ -16,6 +16,9 @@ from urllib.parse import urlencode
 import pytest
 from conftest import TrainedSweep
 
+from fruitres.run.hparams import CURATED_KEYS, METRICS
+from fruitres.run_folders import tensorboard_events_dir
+
 PNG_MAGIC = b"\x89PNG"
 
 
@@ -43,7 +46,7 @@ def tensorboard_url(trained_sweep: TrainedSweep, tmp_path: Path) -> Iterator[str
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
-        expected = [f"{run.name}/tensorboard" for run in trained_sweep.runs]
+        expected = tensorboard_runs(trained_sweep)
         while not loaded(fetch_json(url, "/data/plugin/scalars/tags", missing={}), expected):
             assert server.poll() is None, (tmp_path / "tensorboard.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "TensorBoard did not load the runs in 120 s"
@@ -54,9 +57,17 @@ def tensorboard_url(trained_sweep: TrainedSweep, tmp_path: Path) -> Iterator[str
         server.wait(timeout=30)
 
 
+def tensorboard_runs(trained_sweep: TrainedSweep) -> list[str]:
+    """The sweep's runs as `tensorboard --logdir <sweep dir>` names them: their event folders' paths."""
+    return [
+        tensorboard_events_dir(run).relative_to(trained_sweep.sweep_dir).as_posix()
+        for run in trained_sweep.runs
+    ]
+
+
 def loaded(scalar_tags: dict, runs: list[str]) -> bool:
-    """Every run read up to its test metrics, logged last (TensorBoard loads runs in the background)."""
-    return all("test/acc" in scalar_tags.get(run, {}) for run in runs)
+    """Every run read up to its wall time, logged last (TensorBoard loads runs in the background)."""
+    return all("time/wall_s" in scalar_tags.get(run, {}) for run in runs)
 
 
 def fetch(url: str, path: str, **query: str) -> bytes:
@@ -64,6 +75,14 @@ def fetch(url: str, path: str, **query: str) -> bytes:
         f"{url}{path}{'?' + urlencode(query) if query else ''}", timeout=30
     ) as response:
         return response.read()
+
+
+def post_json(url: str, path: str, body: dict):
+    request = urllib.request.Request(
+        f"{url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
 
 def fetch_json(url: str, path: str, missing=None, **query: str):
@@ -79,14 +98,15 @@ def test_tensorboard_serves_each_runs_scalars_and_figures_over_http(
     trained_sweep: TrainedSweep, tensorboard_url: str
 ) -> None:
     runs = fetch_json(tensorboard_url, "/data/runs")
-    assert sorted(runs) == [f"{run.name}/tensorboard" for run in trained_sweep.runs]
+    assert sorted(runs) == sorted(tensorboard_runs(trained_sweep))
 
     scalar_tags = fetch_json(tensorboard_url, "/data/plugin/scalars/tags")
     image_tags = fetch_json(tensorboard_url, "/data/plugin/images/tags")
     for run in runs:
-        assert {"train/loss_epoch", "val/acc", "val/acc_best", "test/acc", "hp/test_acc"} <= scalar_tags[
+        assert {"train/loss_epoch", "val/acc", "val/acc_best", "test/acc", "test/acc_ci_low"} <= scalar_tags[
             run
         ].keys()
+        assert not [tag for tag in scalar_tags[run] if tag.startswith("hp/")]  # no flat lines from step 0
         assert {
             "train/inputs",
             "val/confusion_matrix",
@@ -103,3 +123,28 @@ def test_tensorboard_serves_each_runs_scalars_and_figures_over_http(
     )
     png = fetch(tensorboard_url, f"/data/plugin/images/individualImage?{image['query']}")
     assert png.startswith(PNG_MAGIC) and len(png) > 5_000
+
+
+def test_hparams_tab_shows_the_swept_key_first_runs_named_by_their_values_and_the_metrics(
+    trained_sweep: TrainedSweep, tensorboard_url: str
+) -> None:
+    experiment = post_json(tensorboard_url, "/data/plugin/hparams/experiment", {"experimentName": ""})
+    columns = [info["name"] for info in experiment["hparamInfos"]]
+    assert columns[0] == "model.optimizer.lr"  # the key the sweep varies
+    assert set(CURATED_KEYS) <= set(columns) and len(columns) < 20
+    assert not [name for name in columns if "_target_" in name or "provenance" in name or "_convert_" in name]
+    assert [info["name"]["tag"] for info in experiment["metricInfos"]] == list(METRICS)
+
+    groups = post_json(
+        tensorboard_url,
+        "/data/plugin/hparams/session_groups",
+        {"experimentName": "", "startIndex": 0, "sliceSize": 100, "allowedStatuses": ["STATUS_UNKNOWN"]},
+    )["sessionGroups"]
+    assert sorted(group["name"] for group in groups) == ["lr=0.0005", "lr=0.002"]  # the Trial IDs
+    for group in groups:
+        assert group["name"] == f"lr={group['hparams']['model.optimizer.lr']}"
+        metrics = {value["name"]["tag"]: value["value"] for value in group["metricValues"]}
+        assert set(METRICS) <= metrics.keys()
+        assert 0 <= metrics["test/acc_ci_low"] <= metrics["test/acc"] <= metrics["test/acc_ci_high"] <= 1
+        assert metrics["time/wall_s"] > 0
+    assert all(run.split("/")[-1].startswith("lr=") for run in fetch_json(tensorboard_url, "/data/runs"))

@@ -54,7 +54,9 @@ def test_short_training_beats_chance_and_logs_to_tensorboard(
         "val/acc_best",
         "test/loss",
         "test/acc",
-        "hp/val_acc_best",
+        "test/acc_ci_low",
+        "test/acc_ci_high",
+        "time/wall_s",
     }
     assert expected <= tags
     assert any(tag.startswith("lr-") for tag in tags), tags

@@ -24,10 +24,9 @@ from test_notebooks import TRANSFER_NOTEBOOK, execute_notebook
 
 from fruitres.errors import ConfigError
 from fruitres.reports import transfer_report
-from fruitres.reports.sweep_report import job_dirs
 from fruitres.reports.transfer_report import IMAGE_TAG, RECIPES, job_point, transfer_results
 from fruitres.run.config_checks import validate_config
-from fruitres.run.record import RECORD_FILE, read_record
+from fruitres.run_folders import RECORD_FILE, job_dirs, read_record
 
 REPO = CONF_DIR.parent
 PER_CLASS = {"5": 5, "all": None}  # the reduced grid: CSV column → data.train_per_class

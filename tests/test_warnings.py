@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fruitres.run.record import read_record
 from fruitres.run.task import CONFIG_TREE_FILE
+from fruitres.run_folders import read_record
 
 REPO = Path(__file__).resolve().parents[1]
 # Python's and Lightning's warning formats ("<file>.py:<line>: ..."), and WARNING records of any logger.

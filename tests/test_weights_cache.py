@@ -67,6 +67,6 @@ def test_the_command_line_prints_where_the_file_goes_and_refuses_unknown_weights
     assert refused.returncode == 1
     (line,) = refused.stderr.strip().splitlines()
     assert (
-        line.startswith("error: model.weights=IMAGENET9K is not one of resnet18's weights")
+        line.startswith("error: model.weights=IMAGENET9K is not allowed for resnet18")
         and "IMAGENET1K_V1" in line
     )

@@ -1,5 +1,5 @@
-"""Benchmarks of the project against the tutorial's loop: `python -m fruitres.bench MODE` (README
-"Performance").
+"""Benchmarks of the project against the tutorial's loop: `python -m fruitres.bench MODE`
+(docs/performance.md).
 
 cli.py              the command line: a subcommand per mode, each mode's options from its module
 throughput.py       training and evaluation images per second at equal work

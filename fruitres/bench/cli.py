@@ -19,7 +19,7 @@ def parser() -> argparse.ArgumentParser:
     """The top-level parser, listing each mode with its one-line summary; a subparser per mode."""
     top = argparse.ArgumentParser(
         prog=PROG,
-        description='Benchmarks of the project against the tutorial\'s loop (README "Performance").',
+        description="Benchmarks of the project against the tutorial's loop (docs/performance.md).",
         epilog=f"Without a mode, {DEFAULT_MODE} runs. `{PROG} tta --help` lists that mode's options.",
     )
     modes = top.add_subparsers(title="modes", dest="mode")

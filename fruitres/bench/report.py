@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from fruitres.files import write_csv_whole, write_text_whole
+from fruitres.files import write_bytes_whole, write_csv_whole, write_text_whole
 from fruitres.reports.figures import to_png
 
 TUTORIAL = "tutorial"
@@ -173,5 +173,5 @@ def write(results: dict, out: Path) -> str:
     curve_rows = [{"start": o.start, "recipe": o.recipe, **p} for o in outcomes for p in o.points]
     write_csv_whole(out / "tta_curves.csv", curve_rows, CURVE_FIELDS)
     write_text_whole(out / "tta.json", json.dumps({**results, "rows": rows}, indent=2))
-    (out / "tta.png").write_bytes(to_png(curves_figure(outcomes, settings["target"])))
+    write_bytes_whole(out / "tta.png", to_png(curves_figure(outcomes, settings["target"])))
     return text

@@ -4,7 +4,7 @@ PyTorch loop.
 Both run in this one process on the same data, batch size, image size, threads and device, one after
 the other in every repeat (the order alternates), so that a machine busy with other work slows both
 alike and their ratio stays meaningful. It prints a table (median [min–max] over the repeats) and
-can write the same figures as JSON. `--help` lists the variants; README "Performance" reads the table.
+can write the same figures as JSON. `--help` lists the variants; docs/performance.md reads the table.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 import lightning as L
 import psutil
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -35,9 +34,10 @@ from torch.utils.data import DataLoader
 
 from fruitres.bench.tutorial import TutorialLoop, image_folder
 from fruitres.data.datamodule import Fruits360DataModule
+from fruitres.files import write_text_whole
+from fruitres.run.compose import compose_config
 from fruitres.run.devices import cpu_model, uses_cuda
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 VARIANTS = {"full": 0, "frozen3": 3, "probe": 5}  # --variants name → model.frozen_stages
 TUTORIAL = "tutorial loop (ImageFolder + ToTensor, fp32, NCHW)"
 TUTORIAL_DATA = "tutorial: ImageFolder + ToTensor (decodes every JPEG)"
@@ -224,8 +224,7 @@ class Project:
             *([f"data.num_workers={args.num_workers}"] if args.num_workers is not None else []),
             *([f"trainer.accelerator={args.accelerator}"] if args.accelerator else []),
         ]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name="train", overrides=[*settings, *args.overrides, *overrides])
+        return compose_config("train", [*settings, *args.overrides, *overrides])
 
     def datamodule(self, cfg: DictConfig) -> Fruits360DataModule:
         """The set-up data module of `cfg.data`, one per distinct data config (with/without augmentation)."""
@@ -543,5 +542,5 @@ def run_command(args: argparse.Namespace) -> None:
     print(format_table(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_text_whole(args.json, json.dumps(report, indent=2) + "\n")
         print(f"\nJSON: {args.json}")

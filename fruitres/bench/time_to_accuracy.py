@@ -38,7 +38,6 @@ from pathlib import Path
 import lightning as L
 import psutil
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -46,17 +45,21 @@ from omegaconf import DictConfig
 from fruitres.bench import report, tutorial
 from fruitres.bench.clock import ValidationClock
 from fruitres.bench.report import Outcome
-from fruitres.bench.throughput import CONF_DIR, comma_list, machine_name, quiet
+from fruitres.bench.throughput import comma_list, machine_name, quiet
 from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.errors import FixableError
 from fruitres.models.backbone import build_backbone
+from fruitres.reports.transfer_report import RECIPES as RECIPE_LABELS
+from fruitres.reports.transfer_report import SCRATCH
+from fruitres.run.compose import compose_config
 from fruitres.run.config_checks import validate_config
+from fruitres.run.installation import CONF_DIR
 from fruitres.train import train
 
 SOURCE, RANDOM = "source", "random"  # the two starting points
 TUTORIAL = report.TUTORIAL
-RECIPES = ("probe", "frozen4", "frozen3", "full", "gradual")  # conf/recipe/, from the source backbone
-RANDOM_INIT_RECIPE = "scratch"
+RANDOM_INIT_RECIPE = SCRATCH
+RECIPES = tuple(name for name in RECIPE_LABELS if name != SCRATCH)  # conf/recipe/, from the source backbone
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,9 @@ class Run:
 
 
 # --- configs -----------------------------------------------------------------------------------------
-def compose_config(overrides: list[str]) -> DictConfig:
+def checked_config(overrides: list[str]) -> DictConfig:
     """The training config with `overrides`, checked as `python -m fruitres.train` checks it."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_config("train", overrides)
     validate_config(cfg)
     return cfg
 
@@ -127,7 +129,7 @@ def source_checkpoint(args: argparse.Namespace) -> tuple[Path, float]:
     print("training the source backbone on classes A (experiment=transfer_source)", flush=True)
     started = time.time()
     overrides = ["experiment=transfer_source", f"data.classes={args.classes_a}"]
-    train(compose_config([*overrides, *common_overrides(args, "source")]))
+    train(checked_config([*overrides, *common_overrides(args, "source")]))
     (best,) = (args.out / "runs" / "source" / "checkpoints").glob("epoch_*.ckpt")
     return best, time.time() - started
 
@@ -146,7 +148,7 @@ def check_source(path: Path) -> None:
 def target_data(args: argparse.Namespace) -> Fruits360DataModule:
     """The project's splits of classes B (what every project run validates on), set up."""
     cfgs = [
-        compose_config(
+        checked_config(
             [f"experiment={name}", f"data.classes={args.classes_b}", *common_overrides(args, "data")]
         )
         for name in (args.experiment, args.scratch_experiment)
@@ -165,10 +167,8 @@ def target_data(args: argparse.Namespace) -> Fruits360DataModule:
 
 def image_list(datamodule: Fruits360DataModule, split: str, image_size: int) -> tutorial.ImageList:
     """The files of the project's `split` (train, val or test), loaded the tutorial's way."""
-    images = datamodule.datasets[split]
-    folder = "Test" if split == "test" else "Training"
-    paths = [datamodule.split_paths[folder][row] for row in images.rows.tolist()]
-    return tutorial.ImageList(paths, images.labels.tolist(), image_size)
+    labels = datamodule.datasets[split].labels.tolist()
+    return tutorial.ImageList(datamodule.image_paths(split), labels, image_size)
 
 
 def run_tutorial(
@@ -234,7 +234,7 @@ def run_project(
     args: argparse.Namespace, run: Run, source: Path | None, stop_at: float, cap_minutes: float
 ) -> Outcome:
     """One recipe through `fruitres.train`'s job; the clock callback records its validations."""
-    cfg = compose_config(project_overrides(args, run, source, stop_at, cap_minutes))
+    cfg = checked_config(project_overrides(args, run, source, stop_at, cap_minutes))
     outcome = Outcome(run.start, run.recipe, cfg.data.image_size, stop_at)
     started = cfg.callbacks.validation_clock.start
     metrics = train(cfg)
@@ -246,7 +246,7 @@ def run_project(
     schedule, done = schedule_length(cfg), last.get("steps", 0)
     out_of_time = done < schedule[0] if schedule[1] == "steps" else last.get("epochs", 0) < schedule[0]
     outcome.stopped = stop_reason(last["val_acc"], stop_at, out_of_time) or f"{schedule[0]} {schedule[1]}"
-    shutil.rmtree(Path(cfg.paths.output_dir) / "checkpoints", ignore_errors=True)  # 134 MB each, tested
+    shutil.rmtree(Path(cfg.paths.output_dir) / "checkpoints", ignore_errors=True)  # not kept
     return outcome
 
 

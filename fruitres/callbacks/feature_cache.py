@@ -1,12 +1,13 @@
 """Linear probing at the speed of the head: the frozen backbone's features computed once and reused.
 
-With every stage frozen (`model.frozen_stages=5` on a ResNet) and no training augmentation, the backbone
-maps each training image to the same feature vector in every epoch. `LinearProbeFeatureCache` computes those
-vectors once, under the trainer's precision, into a float32 .npy file next to the image cache, keyed by
-the image cache (files, sizes), the backbone's weights and BatchNorm statistics, the normalisation and
-the precision; any change to one of them makes a new file. During fitting the train and val batches then
-carry the cached features as a third item, and the module runs only its head on them. Batches keep their
-images, so callbacks that look at them (figures) work as before. Testing runs the live backbone.
+With every stage frozen (`model.frozen_stages=5` on a ResNet), their BatchNorm layers too
+(`model.train_bn=false`), and no training augmentation, the backbone maps each training image to the same
+feature vector in every epoch. `LinearProbeFeatureCache` computes those vectors once, under the trainer's
+precision, into a float32 .npy file next to the image cache, keyed by the image cache (files, sizes), the
+backbone's weights and BatchNorm statistics, the normalisation and the precision; any change to one of them
+makes a new file. During fitting the train and val batches then carry the cached features as a third item,
+and the module runs only its head on them. Batches keep their images, so callbacks that look at them
+(figures) work as before. Testing runs the live backbone.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ FEATURE_FORMAT = 1
 EXTRACT_BATCH_SIZE = 256
 FIT_SPLITS = ("train", "val")
 FLOAT32_WEIGHTS = ("32-true", "32", "bf16-mixed", "16-mixed")  # the precisions whose weights stay float32
+
+
+def caches_features(backbone_fixed: bool, augments: bool, precision: str) -> bool:
+    """Whether LinearProbeFeatureCache gives the head cached features instead of images: a backbone that
+    training leaves as it is, no training augmentation, float32 weights (the config checks ask it too)."""
+    return backbone_fixed and not augments and str(precision) in FLOAT32_WEIGHTS
 
 
 def backbone_fingerprint(net: torch.nn.Module) -> str:
@@ -128,12 +135,12 @@ class ImagesWithFeatures(Dataset):
 class LinearProbeFeatureCache(Callback):
     """Feeds the fit's train and val batches the backbone features computed once, when that is exact.
 
-    It applies when every stage is frozen as fitting is set up, the datamodule augments nothing and the
-    weights stay in float32 (32-true or a mixed precision); otherwise the features are computed live each
-    step, as usual. Everything happens in `setup`, before Lightning builds (and may start the workers
-    of) any loader; `on_fit_start` checks that a restored checkpoint did not change the backbone. A
-    callback that unfreezes the backbone during such a fit is stopped with an error, since the cached
-    features would then be stale.
+    It applies when the backbone is fixed as fitting is set up (`backbone_is_fixed`: every stage frozen,
+    BatchNorm included), the datamodule augments nothing and the weights stay in float32 (32-true or a mixed
+    precision); otherwise the features are computed live each step, as usual. Everything happens in `setup`,
+    before Lightning builds (and may start the workers of) any loader; `on_fit_start` checks that a restored
+    checkpoint did not change the backbone. A callback that unfreezes the backbone during such a fit is
+    stopped with an error, since the cached features would then be stale.
     """
 
     def __init__(self) -> None:
@@ -142,26 +149,26 @@ class LinearProbeFeatureCache(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
-        if stage != "fit" or datamodule is None or pl_module.frozen_prefix() < len(pl_module.stages):
+        if stage != "fit" or datamodule is None:
             return
-        if len(getattr(datamodule, "augment", ())):
+        augments = len(getattr(datamodule, "augment", ())) > 0
+        if pl_module.backbone_is_fixed() and augments:
             log.info(
                 "Linear probe with training augmentation (data.augment): backbone features are computed "
                 "each step; set data.augment=null to compute them once and cache them"
             )
-            return
         datasets = getattr(datamodule, "datasets", {})
         cacheable = all(isinstance(datasets.get(split), CachedImages) for split in FIT_SPLITS)
-        if not cacheable or str(trainer.precision) not in FLOAT32_WEIGHTS:
+        if not (cacheable and caches_features(pl_module.backbone_is_fixed(), augments, trainer.precision)):
             return
         pl_module.to(trainer.strategy.root_device)  # where Lightning is about to move it anyway
-        self.originals = {split: datasets[split] for split in FIT_SPLITS}
         paths: dict[Path, Path] = {}
-        for split, images in self.originals.items():
+        for split in FIT_SPLITS:
+            images = datasets[split]
             if images.array_path not in paths:
                 paths[images.array_path] = build_feature_cache(pl_module, images, datamodule, trainer)
             self.wrapped[split] = ImagesWithFeatures(images, paths[images.array_path])
-        datasets.update(self.wrapped)
+        self.originals = datamodule.swap_datasets(self.wrapped)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for dataset in self.wrapped.values():
@@ -174,7 +181,7 @@ class LinearProbeFeatureCache(Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
     ) -> None:
-        if self.wrapped and pl_module.frozen_prefix() < len(pl_module.stages):
+        if self.wrapped and not pl_module.backbone_is_fixed():
             raise RuntimeError(
                 "A callback unfroze the backbone during a linear probe fed with cached features "
                 "(callbacks.linear_probe_cache); set callbacks.linear_probe_cache=null to fine-tune it"
@@ -183,5 +190,5 @@ class LinearProbeFeatureCache(Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Give the datamodule its image datasets back (testing runs the live backbone)."""
         if self.originals:
-            trainer.datamodule.datasets.update(self.originals)
+            trainer.datamodule.swap_datasets(self.originals)
             self.originals, self.wrapped = {}, {}

@@ -17,8 +17,10 @@ class GradualUnfreezing(BaseFinetuning):
     epoch 2 and layer3 at epoch 4; stem..layer2 stay frozen. Each stage joins the optimizer as its own
     parameter groups (named after it, its biases and BatchNorm weights apart) at the model's `stage_lr`
     (`backbone_lr_mult` and `layer_lr_decay` applied to the head's learning rate), and the
-    learning-rate schedule drives it like the head from then on. A run resumed from a checkpoint gets back
-    the groups (BaseFinetuning stores them) and the unfrozen stages of the interrupted run.
+    learning-rate schedule drives it like the head from then on. With `model.train_bn` a frozen stage's
+    BatchNorm layers train from the start in groups of their own, and unfreezing adds the rest. A run
+    resumed from a checkpoint gets back the groups (BaseFinetuning stores them) and the unfrozen stages
+    of the interrupted run.
     """
 
     def __init__(self, unfreeze_epochs: Sequence[int]) -> None:
@@ -47,16 +49,19 @@ class GradualUnfreezing(BaseFinetuning):
         self.unfreeze_schedule(pl_module)
 
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer) -> None:
-        """Unfreeze every stage that is due; a stage a resumed run already optimizes is not added twice."""
+        """Unfreeze every stage that is due, adding to the optimizer only the parameters it lacks.
+
+        A resumed run already optimizes the stages it had unfrozen, and with `model.train_bn` the
+        optimizer holds every stage's BatchNorm layers from the start.
+        """
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
         for stage, start_epoch in sorted(self.unfreeze_schedule(pl_module).items(), reverse=True):
             if epoch < start_epoch:
                 continue
-            modules = [pl_module.stages[stage]]
-            self.make_trainable(modules)  # a resumed run has the group back (BaseFinetuning), not the flags
-            params = [p for module in modules for p in module.parameters()]
-            if not any(id(p) in in_optimizer for p in params):
-                for group in pl_module.stage_param_groups(stage):
+            self.make_trainable([pl_module.stages[stage]])  # a resumed run has its groups back, not the flags
+            for group in pl_module.stage_param_groups(stage):
+                group["params"] = [p for p in group["params"] if id(p) not in in_optimizer]
+                if group["params"]:
                     optimizer.add_param_group(group)
         for config in pl_module.trainer.lr_scheduler_configs:
             follow_added_param_groups(config.scheduler)

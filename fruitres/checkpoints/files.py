@@ -9,7 +9,6 @@ sits beside the target, is fsynced, and replaces the target with one ``os.replac
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,18 +19,13 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from fruitres.errors import FixableError
-from fruitres.files import replaced_whole
+from fruitres.files import check_checkpoint_file, replaced_whole
 
 # Names written by the checkpoint callbacks of conf/callbacks/default.yaml, under a run directory.
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"  # the end of the last finished epoch
 INTERRUPTED = "interrupted.ckpt"  # written on Ctrl-C / SIGTERM
 RESUMABLE = (LAST, INTERRUPTED)
-
-
-class CheckpointError(FixableError, ValueError):
-    """A checkpoint cannot be used (missing, truncated, not a fruitres checkpoint); the message names it."""
 
 
 def newest_checkpoint(folders: Iterable[Path], names: Iterable[str] | None = None) -> Path | None:
@@ -44,31 +38,6 @@ def newest_checkpoint(folders: Iterable[Path], names: Iterable[str] | None = Non
         if path.is_file() and (wanted is None or path.name in wanted)
     ]
     return max(files, key=lambda path: path.stat().st_mtime, default=None)
-
-
-def check_checkpoint_file(path: Path) -> None:
-    """Raise CheckpointError unless `path` is a whole torch zip archive (reads only its directory)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            complete = any(name.endswith("/data.pkl") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError) as error:
-        reason = "it is empty" if path.is_file() and path.stat().st_size == 0 else str(error)
-        raise CheckpointError(_corrupt_message(path, reason)) from None
-    if not complete:
-        raise CheckpointError(_corrupt_message(path, "it holds no torch.save data"))
-
-
-def _corrupt_message(path: Path, reason: str) -> str:
-    others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path)
-    fallback = (
-        f"continue from another checkpoint there ({', '.join(others)}) with ckpt_path=<that file>"
-        if others
-        else "start the run again"
-    )
-    return (
-        f"checkpoint {path} is truncated or not a checkpoint ({reason}): it was cut off while being written "
-        f"or copied; restore it, or {fallback}"
-    )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -9,12 +9,15 @@ from typing import Any
 
 import torch
 
-from fruitres.checkpoints.files import CheckpointError, check_checkpoint_file
 from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.data.images import decoding_rule
+from fruitres.errors import CheckpointError, first_line
+from fruitres.files import check_checkpoint_file
 from fruitres.models.classifier import FruitClassifier
 
 REQUIRED_KEYS = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters")
+# Data module arguments of older checkpoints, whose values the resolved preprocessing they also hold replaces
+RETIRED_DATA_KEYS = ("backbone", "backbone_weights")
 
 
 @dataclass
@@ -61,7 +64,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise CheckpointError(
             f"ckpt_path={path} cannot be loaded as weights only ({reason}); fruitres never unpickles "
             "arbitrary objects: use a checkpoint written by fruitres.train"
@@ -76,5 +79,9 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     hparams = {**checkpoint["hyper_parameters"], "weights": None, "weights_path": None, "compile": False}
     model = FruitClassifier(**hparams)
     model.load_state_dict(checkpoint["state_dict"])
-    datamodule = Fruits360DataModule(**checkpoint["datamodule_hyper_parameters"])
+    datamodule = Fruits360DataModule(**_data_hparams(checkpoint["datamodule_hyper_parameters"]))
     return LoadedCheckpoint(path=path, model=model.eval(), datamodule=datamodule)
+
+
+def _data_hparams(stored: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in stored.items() if key not in RETIRED_DATA_KEYS}

@@ -25,6 +25,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from fruitres.data.download import find_dataset_root
 from fruitres.data.folders import SPLITS, DatasetLayoutError, is_image_file, list_class_names
@@ -278,8 +279,8 @@ def _finish(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(report: dict[str, Any], console: Console, per_class: bool = False) -> None:
-    """Print the report as tables a person can read."""
-    console.print(f"[bold]Dataset check:[/] {report['root']}")
+    """Print the report as tables a person can read; folder and file names literally, never as markup."""
+    console.print(Text.assemble(("Dataset check:", "bold"), f" {report['root']}"))
     if "splits" in report:
         _render_counts(report, console, per_class)
         formats = Table("size", "mode", "images", title="Image sizes and modes", title_justify="left")
@@ -299,9 +300,9 @@ def render(report: dict[str, Any], console: Console, per_class: bool = False) ->
         _render_files("empty (0 bytes)", report["empty_files"], console)
         _render_files("ignored (not images)", report["ignored"], console)
     for message in report["errors"]:
-        console.print(f"[bold red]error:[/] {message}", highlight=False)
+        console.print(Text.assemble(("error:", "bold red"), f" {message}"))
     for message in report["warnings"]:
-        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        console.print(Text.assemble(("warning:", "yellow"), f" {message}"))
     verdict = "[bold green]trainable[/]" if report["trainable"] else "[bold red]NOT trainable[/]"
     console.print(f"Verdict: {verdict}")
 
@@ -320,12 +321,12 @@ def _render_counts(report: dict[str, Any], console: Console, per_class: bool) ->
         names = sorted({name for s in report["splits"].values() for name in s["per_class"]})
         for name in names:
             classes.add_row(
-                name, *(str(report["splits"][split]["per_class"].get(name, "-")) for split in SPLITS)
+                Text(name), *(str(report["splits"][split]["per_class"].get(name, "-")) for split in SPLITS)
             )
         console.print(classes)
     for key, label in (("only_in_training", f"only in {TRAIN}/"), ("only_in_test", f"only in {TEST}/")):
         if report[key]:
-            console.print(f"Classes {label}: {', '.join(report[key])}", highlight=False)
+            console.print(f"Classes {label}: {', '.join(report[key])}", markup=False, highlight=False)
 
 
 def _render_near_duplicates(near: dict[str, Any], console: Console) -> None:

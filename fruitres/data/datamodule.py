@@ -19,44 +19,20 @@ from fruitres.data.classes import ClassList, ClassSelection, take_per_class
 from fruitres.data.embedded import write_embedded_dataset
 from fruitres.data.folders import DatasetLayoutError, list_class_names, list_samples
 from fruitres.data.loaders import evaluation_sampler, loader_start_method
-from fruitres.models.backbone import IMAGENET_DATA, backbone_data_config
+from fruitres.data.preprocessing import resolve_preprocessing
 
 log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("skip", "error")
-PREPROCESSING_KEYS = ("image_size", "mean", "std", "interpolation")  # null: the backbone's own
-
-
-def resolve_preprocessing(
-    backbone: str | None, backbone_weights: str | None, given: Mapping[str, Any]
-) -> dict[str, Any]:
-    """data.image_size, mean, std and interpolation: each as given, or the backbone's own where null.
-
-    The one place where null becomes a value: the data module stores the result in its hyperparameters,
-    so checkpoints, eval, predict and export use exactly what training used. The backbone's own comes
-    from `backbone_data_config` (timm's pretrained config, torchvision's weights transforms); ImageNet's
-    (bilinear resizing) without a backbone, as in checkpoints written before these keys existed.
-    """
-    missing = [key for key in PREPROCESSING_KEYS if given.get(key) is None]
-    own = {}
-    if missing:
-        config = backbone_data_config(backbone, backbone_weights) if backbone else IMAGENET_DATA
-        own = {key: getattr(config, key) for key in missing}
-        log.info(
-            "Preprocessing from the data config of %s: %s",
-            backbone or "ImageNet",
-            ", ".join(f"data.{key}={value}" for key, value in own.items()),
-        )
-    resolved = {key: given.get(key) for key in PREPROCESSING_KEYS} | own
-    return resolved | {"mean": list(resolved["mean"]), "std": list(resolved["std"])}
+SPLIT_FOLDERS = {"train": "Training", "val": "Training", "test": "Test"}  # the folder of each split's files
 
 
 def default_num_workers() -> int:
     """No worker process when training on the CPU, else one per spare core, at most 4.
 
-    A batch is one read of the memory-mapped image cache (about 1 ms for 128 images): on the CPU the
-    training step needs every core, and a worker would only add inter-process copies (README
-    "Performance"). On a GPU, workers let the next batch be read while the device computes.
+    A batch is one read of the memory-mapped image cache: on the CPU the training step needs every core,
+    and a worker would only add inter-process copies (docs/performance.md#where-the-speed-comes-from).
+    On a GPU, workers let the next batch be read while the device computes.
     """
     if not torch.cuda.is_available():
         return 0
@@ -83,7 +59,7 @@ class Fruits360DataModule(LightningDataModule):
     The class list comes from Training/ and labels every split, so a class missing from Test/ cannot
     shift labels. Images are decoded once into a uint8 cache; batches travel as uint8 and are
     augmented (training only) and normalised on the device, in `on_after_batch_transfer`. A null
-    image_size, mean, std or interpolation is the `backbone`'s own (`resolve_preprocessing`), and the
+    image_size, mean, std or interpolation is the backbone's own (`backbone_data`), and the
     hyperparameters hold the resolved values.
     """
 
@@ -107,13 +83,12 @@ class Fruits360DataModule(LightningDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         interpolation: str | None = None,
-        backbone: str | None = None,
-        backbone_weights: str | None = None,
+        backbone_data: Mapping[str, Any] | None = None,
         augment: Mapping[str, nn.Module | None] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["augment"], logger=False)
-        self.hparams.update(resolve_preprocessing(backbone, backbone_weights, self.hparams))
+        self.hparams.update(resolve_preprocessing(self.hparams, backbone_data))
         mean, std = self.hparams.mean, self.hparams.std
         self.root = Path(data_dir if data_dir is not None else embedded_dir).expanduser()
         self.embedded = data_dir is None
@@ -132,7 +107,7 @@ class Fruits360DataModule(LightningDataModule):
         names = list_class_names(self.root / "Training")
         if not names:
             raise DatasetLayoutError(
-                f"{self.root / 'Training'} has no class folders; see README 'Getting the data'"
+                f"{self.root / 'Training'} has no class folders; see docs/data.md#getting-fruits-360"
             )
         return self.selection.apply(names)
 
@@ -169,6 +144,18 @@ class Fruits360DataModule(LightningDataModule):
             "val": _subset(train_all, val_idx),
             "test": self._cached_split("Test", class_to_idx),
         }
+
+    def image_paths(self, split: str) -> list[Path]:
+        """The files of `split` (train, val or test), in the order of its dataset's rows."""
+        folder_paths = self.split_paths[SPLIT_FOLDERS[split]]
+        return [folder_paths[row] for row in self.datasets[split].rows.tolist()]
+
+    def swap_datasets(self, datasets: dict[str, CachedImages]) -> dict[str, CachedImages]:
+        """Serve `datasets` for their splits instead (the linear probe's cached features); returns the
+        ones they replace."""
+        replaced = {split: self.datasets[split] for split in datasets}
+        self.datasets.update(datasets)
+        return replaced
 
     def _cached_split(self, split: str, class_to_idx: dict[str, int]) -> CachedImages:
         samples = list_samples(self.root / split, class_to_idx, skip=self.selection.leaves_out)

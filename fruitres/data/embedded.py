@@ -8,8 +8,8 @@ them apart. Each image draws its own tilt, scale, position, aspect, lighting, co
 from a generator seeded by (seed, class, split, image), so a tree is reproducible byte for byte and the
 test images are different draws from the same distribution as the training ones. Fruits stand roughly
 upright and fill most of the frame, as in Fruits-360 photos, so that outlines (a pear's neck, a
-strawberry's point, an apple's stem and leaf) are cues that a network trained from scratch learns in a
-minute on a laptop CPU.
+strawberry's point, an apple's stem and leaf) are cues that a network trained from scratch learns quickly
+on a CPU (docs/results.md).
 """
 
 from __future__ import annotations

@@ -19,13 +19,12 @@ import torchvision
 from torch import nn
 from torchvision.models import swin_transformer
 
-from fruitres.checkpoints.files import check_checkpoint_file
-from fruitres.errors import ConfigError, FixableError
+from fruitres.data.preprocessing import IMAGENET_DATA, DataConfig
+from fruitres.errors import ConfigError, FixableError, first_line
+from fruitres.files import check_checkpoint_file
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's ImageNet weights were trained with
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TIMM_PREFIX = "timm/"
 TIMM_WEIGHTS = "DEFAULT"  # model.weights for a timm model: the pretrained weights its name's tag selects
 NETWORK_PREFIX = "net."  # FruitClassifier.net, in a fruitres checkpoint's state_dict
@@ -129,6 +128,7 @@ class Family:
     features: tuple[Step, ...]  # from images to pooled features
     head: tuple[str, ...]  # from pooled features to logits; the last is the Linear made for the classes
     stages: Callable[[nn.Module], list[tuple[str, list[str]]]]  # name → submodule or parameter paths
+    no_weight_decay: tuple[str, ...] = ()  # as timm's `no_weight_decay()`: names or fnmatch patterns
 
 
 FAMILIES = (
@@ -187,6 +187,7 @@ FAMILIES = (
         ("features", "norm", "permute", _pool, _flatten),
         ("head",),
         _stages_by_resolution,
+        ("*.relative_position_bias_table", "*.logit_scale", "*.cpb_mlp"),  # timm's Swin (V2) exempts these
     ),
     Family(
         "vit",
@@ -195,6 +196,7 @@ FAMILIES = (
         (_vit_tokens, "encoder.dropout", "encoder.layers", "encoder.ln", _class_token),
         ("heads.head",),
         _vit_stages,
+        ("class_token", "encoder.pos_embedding"),  # timm's ViT: cls_token, pos_embed
     ),
 )
 FAMILY_NAMES = ", ".join(family.name for family in FAMILIES)
@@ -298,6 +300,20 @@ def _stage_parameter_names(net: nn.Module) -> list[tuple[str, list[str]]]:
     return stages
 
 
+def no_weight_decay_patterns(net: nn.Module) -> tuple[str, ...]:
+    """What the architecture keeps out of weight decay (position embeddings, class tokens, position biases).
+
+    A timm model's own `no_weight_decay()`: parameter names or fnmatch patterns, as timm's optimizer
+    factory reads them (a module's name also covers its parameters). torchvision's models have no such
+    method; for its ViT and Swin, `FAMILIES` names the same tensors, so both libraries' copies of an
+    architecture train alike.
+    """
+    family = _family_of(net)
+    if family is not None:
+        return family.no_weight_decay
+    return tuple(getattr(net, "no_weight_decay", tuple)())
+
+
 def backbone_stages(net: nn.Module) -> list[Stage]:
     """The network's stages in forward order, the head excluded: what `frozen_stages` counts.
 
@@ -323,19 +339,6 @@ def backbone_stages(net: nn.Module) -> list[Stage]:
 
 
 # --- what a backbone expects to see ------------------------------------------------------------------
-@dataclass(frozen=True)
-class DataConfig:
-    """The input a backbone's weights were trained on: its size, normalisation and resizing filter."""
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str  # a name of fruitres.data.images.INTERPOLATIONS
-
-
-IMAGENET_DATA = DataConfig(224, IMAGENET_MEAN, IMAGENET_STD, "bilinear")  # for a backbone without its own
-
-
 def backbone_data_config(arch: str, weights: str | None = None) -> DataConfig:
     """The data config of `arch`'s weights, read from metadata only (nothing is downloaded or built).
 
@@ -393,7 +396,7 @@ def check_weights(arch: str, weights: str | None) -> None:
     """Raise ConfigError unless `weights` is null or one of `arch`'s weights names."""
     if weights is not None and weights not in weights_names(arch):
         raise ConfigError(
-            f"model.weights={weights} is not one of {arch}'s weights; use null or one of "
+            f"model.weights={weights} is not allowed for {arch}; use null or one of "
             f"{', '.join(weights_names(arch))}"
         )
 
@@ -458,7 +461,7 @@ def _create_timm(name: str, num_classes: int, pretrained: bool, image_size: int 
     try:
         return _timm().create_model(name, pretrained=pretrained, num_classes=num_classes, **sized)
     except (OSError, RuntimeError) as error:  # no network, or no Hugging Face Hub cache entry
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise WeightsUnavailableError(
             f"cannot fetch timm's weights of {name} ({reason}); put them in the Hugging Face cache "
             "(HF_HOME), or pass model.weights_path=<state dict file>, or train from random init with "
@@ -477,7 +480,7 @@ def _check_timm_size(name: str, image_size: int, own_size: int) -> None:
                 net = _timm().create_model(name, pretrained=False, num_classes=1, img_size=size)
                 net(torch.empty(1, 3, size, size))
         except AssertionError as error:  # timm checks sizes with asserts
-            return (str(error).strip().splitlines() or [type(error).__name__])[0]
+            return first_line(error)
         except Exception:  # an op the meta device lacks says nothing of the size: the real build decides
             return None
         return None

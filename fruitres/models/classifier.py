@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -10,6 +11,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.pytorch import LightningModule
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -21,6 +24,7 @@ from fruitres.models.backbone import (
     build_backbone,
     check_frozen_stages,
     head_parameters,
+    no_weight_decay_patterns,
 )
 from fruitres.models.schedules import max_time_fraction
 from fruitres.models.tta import tta_log_probs
@@ -43,12 +47,29 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix)
 
 
+def name_matches(name: str, patterns: Collection[str]) -> bool:
+    """Whether a parameter's name, or a module's name above it, matches a name or fnmatch pattern (timm's)."""
+    return any(fnmatchcase(name, pattern) or fnmatchcase(name, f"{pattern}.*") for pattern in patterns)
+
+
+def batchnorm_layers(module: nn.Module) -> list[_BatchNorm]:
+    """The BatchNorm layers inside `module` (any dimension, SyncBatchNorm and timm's BatchNormAct too)."""
+    return [m for m in module.modules() if isinstance(m, _BatchNorm)]
+
+
+def backbone_is_fixed(frozen_stages: int, num_stages: int, train_bn: bool) -> bool:
+    """Whether training leaves the backbone as it is: every stage frozen, BatchNorm too (no `train_bn`)."""
+    return frozen_stages == num_stages and not train_bn
+
+
 class FruitClassifier(LightningModule):
     """A backbone (models/backbone.py) with a new `num_classes` head; its first `frozen_stages` can be frozen.
 
-    A ResNet's stages are stem, layer1, ..., layer4 (5 = linear probe). A stage whose parameters are
-    all frozen runs without autograd and keeps its BatchNorm layers in eval mode, whoever froze it
-    (this module, or a fine-tuning callback that unfreezes stages later).
+    A ResNet's stages are stem, layer1, ..., layer4 (5 = linear probe). A frozen stage keeps its
+    BatchNorm layers in eval mode, whoever froze it (this module, or a fine-tuning callback that unfreezes
+    stages later), and runs without autograd. With `train_bn` its BatchNorm layers still train, as
+    fastai's and Lightning's `train_bn`: their weights and biases join the optimizer and their running
+    statistics follow the data.
     """
 
     def __init__(
@@ -63,6 +84,7 @@ class FruitClassifier(LightningModule):
         backbone_lr_mult: float = 1.0,
         layer_lr_decay: float = 1.0,
         decay_norm_and_bias: bool = False,
+        train_bn: bool = False,
         label_smoothing: float = 0.0,
         mix: Mapping | None = None,
         channels_last: bool = False,
@@ -82,7 +104,8 @@ class FruitClassifier(LightningModule):
         self.mix = instantiate(mix, num_classes=num_classes) if mix else None  # Mixup/CutMix, training only
         self.tta: str | None = None  # test-time augmentation of test and predict steps (fruitres.eval tta=)
         for stage in self.stages[:frozen_stages]:
-            stage.requires_grad_(False)
+            for parameter in self.freezable_parameters(stage):
+                parameter.requires_grad_(False)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.train_metrics = accuracy_metrics(num_classes, "train/")
@@ -97,18 +120,33 @@ class FruitClassifier(LightningModule):
             self.compile()  # torch.compile of the forward pass; parameter names and checkpoints unchanged
 
     # --- the network -------------------------------------------------------------------------
+    def freezable_parameters(self, stage: Stage) -> list[nn.Parameter]:
+        """What freezing `stage` freezes: all its parameters, or with `train_bn` all but its BatchNorm's."""
+        if not self.hparams.train_bn:
+            return list(stage.parameters())
+        kept = {id(p) for bn in batchnorm_layers(stage) for p in bn.parameters()}
+        return [p for p in stage.parameters() if id(p) not in kept]
+
     def frozen_prefix(self) -> int:
-        """How many leading stages have no trainable parameter."""
+        """How many leading stages are frozen (with `train_bn`, all but their BatchNorm layers)."""
         for index, stage in enumerate(self.stages):
-            if any(p.requires_grad for p in stage.parameters()):
+            if any(p.requires_grad for p in self.freezable_parameters(stage)):
                 return index
         return len(self.stages)
+
+    def backbone_is_fixed(self) -> bool:
+        """Whether training leaves the backbone as it is: every stage frozen, BatchNorm too (no `train_bn`).
+
+        What features cached once need (callbacks/feature_cache.py); the config key alone decides, even
+        for a backbone without BatchNorm, so that config checks can tell from the config.
+        """
+        return backbone_is_fixed(self.frozen_prefix(), len(self.stages), self.hparams.train_bn)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (timm's name).
 
         Autograd records nothing through the frozen prefix: neither its input nor its parameters need
-        gradients.
+        gradients (with `train_bn`, only up to its first BatchNorm layer).
         """
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -126,10 +164,13 @@ class FruitClassifier(LightningModule):
         return backbone_head(self.net, features)
 
     def train(self, mode: bool = True) -> FruitClassifier:
-        """Train mode for all but the frozen prefix, whose BatchNorm statistics must not drift."""
+        """Train mode but for the frozen prefix, whose BatchNorm statistics stay fixed (unless `train_bn`)."""
         super().train(mode)
         for stage in self.stages[: self.frozen_prefix()]:
             stage.eval()
+            if self.hparams.train_bn:
+                for bn in batchnorm_layers(stage):
+                    bn.train(mode)
         return self
 
     def parameter_counts(self) -> dict[str, int]:
@@ -173,7 +214,7 @@ class FruitClassifier(LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, list | tuple) else batch
-        return self.classify(images).softmax(dim=1)
+        return self.classify(images).float().softmax(dim=1)  # float32: bf16 autocast would round them
 
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path is None:  # a resumed run keeps the best value its checkpoint holds
@@ -197,24 +238,43 @@ class FruitClassifier(LightningModule):
         hparams = self.hparams
         return hparams.optimizer["lr"] * hparams.backbone_lr_mult * hparams.layer_lr_decay**distance
 
-    def _groups(self, name: str, params: Any, lr: float) -> list[dict[str, Any]]:
-        """The trainable `params` at `lr`; their BatchNorm weights and biases apart, without weight decay.
+    def _weight_decay_exempt_ids(self) -> set[int]:
+        """The ids of the parameters weight decay leaves alone, as timm's optimizer factory chooses them.
 
-        timm's `filter_bias_and_bn`: a parameter of at most one dimension is a bias or a normalisation
-        scale, which decay would only pull towards zero. `decay_norm_and_bias=true` decays them too.
+        Those the model names (`no_weight_decay()`: position embeddings, class tokens), which decay would
+        pull towards zero; and, unless `decay_norm_and_bias`, every parameter of at most one dimension, a
+        bias or a normalisation scale (timm's `filter_bias_and_bn`). That switch leaves the model's own
+        list exempt: it is about norms and biases, and the model's list is what its recipe trains with.
         """
+        patterns = no_weight_decay_patterns(self.net)
+        exempt_small = not self.hparams.decay_norm_and_bias
+        return {
+            id(p)
+            for name, p in self.net.named_parameters()
+            if name_matches(name, patterns) or (exempt_small and p.ndim <= 1)
+        }
+
+    def _groups(self, name: str, params: Any, lr: float) -> list[dict[str, Any]]:
+        """The trainable `params` at `lr`; those exempt from weight decay apart, in `<name>/no_decay`."""
         params = [p for p in params if p.requires_grad]
-        decay_all = self.hparams.decay_norm_and_bias
-        decayed = [p for p in params if decay_all or p.ndim > 1]
-        exempt = [p for p in params if not (decay_all or p.ndim > 1)]
+        exempt_ids = self._weight_decay_exempt_ids()
+        decayed = [p for p in params if id(p) not in exempt_ids]
+        exempt = [p for p in params if id(p) in exempt_ids]
         groups = [{"name": name, "params": decayed, "lr": lr}] if decayed else []
         if exempt:
             groups.append({"name": f"{name}/no_decay", "params": exempt, "lr": lr, "weight_decay": 0.0})
         return groups
 
     def stage_param_groups(self, stage: int) -> list[dict[str, Any]]:
-        """The optimizer groups of one backbone stage (what gradual unfreezing adds when it unfreezes it)."""
-        return self._groups(self.stages[stage].name, self.stages[stage].parameters(), self.stage_lr(stage))
+        """The optimizer groups of one backbone stage's trainable parameters.
+
+        A frozen stage has none, or with `train_bn` its BatchNorm layers' as `<stage>/bn`: named apart
+        from the groups gradual unfreezing adds when it unfreezes the rest of the stage.
+        """
+        name = self.stages[stage].name
+        if stage < self.frozen_prefix():
+            name = f"{name}/bn"
+        return self._groups(name, self.stages[stage].parameters(), self.stage_lr(stage))
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The head at the optimizer's lr first, then each trainable stage from the top at `stage_lr`."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from fruitres.errors import FixableError
+from fruitres.errors import FixableError, first_line
 from fruitres.files import replaced_whole
 from fruitres.models.backbone import TIMM_PREFIX, check_weights, torchvision_weights_file
 
@@ -31,7 +31,7 @@ def install_weights_file(arch: str, name: str, source: Path) -> Path:
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as error:  # a stranger's file: any unpickling failure is "not a state dict"
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
         raise FixableError(f"{source}: not a readable state dict file ({reason})") from None
     expected = torchvision.models.get_model(arch, weights=None).state_dict()
     if not isinstance(state, dict) or set(state) != set(expected):

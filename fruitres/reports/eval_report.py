@@ -7,13 +7,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from fruitres.files import write_csv_whole, write_text_whole
+from fruitres.files import write_bytes_whole, write_csv_whole, write_text_whole
+from fruitres.reports.figures import to_png
 from fruitres.reports.uncertainty import accuracy_interval, format_interval
 
 PER_CLASS_FIELDS = ("class", "support", "precision", "recall", "f1")
@@ -65,8 +66,7 @@ def write_eval_report(
     write_csv_whole(output_dir / "per_class.csv", rows, PER_CLASS_FIELDS)
     write_csv_whole(output_dir / "confused_pairs.csv", pairs, CONFUSED_FIELDS)
     for name, figure in figures.items():
-        figure.savefig(output_dir / f"{name}.png", dpi=110, bbox_inches="tight")
-        plt.close(figure)
+        write_bytes_whole(output_dir / f"{name}.png", to_png(figure, dpi=110))
 
 
 def print_report(
@@ -77,7 +77,7 @@ def print_report(
     num_images: int | None = None,
 ) -> None:
     """The overall metrics (accuracy with its 95% interval), the worst and best classes by F1, and the
-    most confused pairs."""
+    most confused pairs. Class names are the dataset's folder names: shown literally, never as markup."""
     console = Console()
     overall = Table("metric", "value", "95% interval (Wilson)", title=f"Test set ({num_images} images)")
     for name, value in metrics.items():
@@ -92,10 +92,12 @@ def print_report(
             classes.add_row(f"… {len(rows) - 2 * show} more in per_class.csv", "", "", "", "")
             continue
         values = (f"{row[key]:.3f}" for key in ("precision", "recall", "f1"))
-        classes.add_row(row["class"], str(row["support"]), *values)
+        classes.add_row(Text(row["class"]), str(row["support"]), *values)
     console.print(classes)
 
     confused = Table("true class", "predicted as", "count", "share of true class", title="Most confused")
     for pair in pairs:
-        confused.add_row(pair["true"], pair["predicted"], str(pair["count"]), f"{pair['share']:.1%}")
+        confused.add_row(
+            Text(pair["true"]), Text(pair["predicted"]), str(pair["count"]), f"{pair['share']:.1%}"
+        )
     console.print(confused)

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fruitres.files import write_csv_whole, write_text_whole
 
@@ -77,21 +78,22 @@ def write_predictions(predictions: Sequence[Prediction], output_dir: Path, top_k
 
 
 def print_predictions(predictions: Sequence[Prediction], max_rows: int) -> None:
-    """The first `max_rows` files and every unreadable one, paths relative to their common folder."""
+    """The first `max_rows` files and every unreadable one, paths relative to their common folder; file and
+    class names shown literally, never as markup."""
     if not predictions:
         return
     root = Path(os.path.commonpath([Path(p.path).parent for p in predictions]))
-    title = f"Predictions for {len(predictions)} file(s) in {root}"
+    title = Text(f"Predictions for {len(predictions)} file(s) in {root}")
     table = Table("file", "prediction", "next classes", title=title, expand=True)
     errors = [p for p in predictions if p.error]
     shown = [p for p in predictions if not p.error][:max_rows] + errors
     for p in shown:
-        name = str(Path(p.path).relative_to(root))
+        name = Text(str(Path(p.path).relative_to(root)))
         if p.error:
-            table.add_row(name, f"[red]unreadable: {p.error}[/red]", "")
+            table.add_row(name, Text(f"unreadable: {p.error}", style="red"), "")
             continue
         others = ", ".join(f"{c} {q:.1%}" for c, q in zip(p.classes[1:], p.probabilities[1:], strict=True))
-        table.add_row(name, f"[bold]{p.classes[0]}[/bold] {p.probabilities[0]:.1%}", others)
+        table.add_row(name, Text.assemble((p.classes[0], "bold"), f" {p.probabilities[0]:.1%}"), Text(others))
     if len(shown) < len(predictions):
         table.caption = f"{len(predictions) - len(shown)} more rows in predictions.csv"
     Console().print(table)

@@ -15,16 +15,13 @@ import argparse
 import logging
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
-
 from fruitres.files import write_csv_whole, write_text_whole
 from fruitres.reports.uncertainty import accuracy_interval, format_interval
-from fruitres.run.mlflow_tracking import experiment_name, store_sweep_files
-from fruitres.run.record import read_record
+from fruitres.run_folders import job_dirs, job_record, saved_overrides
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +33,9 @@ CI_COLUMN = "test/acc 95% CI"
 SEED = "seed"
 
 
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The jobs' directories (Hydra names them by job number), in job order."""
-    dirs = [path for path in sweep_dir.iterdir() if path.is_dir() and (path / ".hydra").is_dir()]
-    return sorted(dirs, key=lambda path: (len(path.name), path.name))  # 2 before 10
-
-
 def job_overrides(job_dir: Path) -> dict[str, str]:
     """The job's command-line overrides as key → value (Hydra saves them before the job starts)."""
-    saved = OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")
-    return dict(str(override).partition("=")[::2] for override in saved)
-
-
-def job_record(job_dir: Path) -> dict[str, Any]:
-    """The job's run record; a job without one (still running, or killed) gets a status saying so."""
-    return read_record(job_dir) or {"status": "no record (running, or killed)", "metrics": {}}
+    return dict(override.partition("=")[::2] for override in saved_overrides(job_dir) or [])
 
 
 def tested_images(record: dict[str, Any]) -> int | None:
@@ -187,29 +172,19 @@ def write_sweep_report(sweep_dir: Path) -> str:
     return table
 
 
-class WriteSweepReport(Callback):
-    """Hydra callback: the sweep table, written and printed when a multirun ends."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        print(write_sweep_report(sweep_dir))
-        log.info("Sweep table: %s and %s", sweep_dir / CSV_FILE, sweep_dir / MARKDOWN_FILE)
-        if "mlflow" in (config.get("logger") or {}):  # the tables go into every job's MLflow run
-            experiment = experiment_name(config.task_name, sweep_dir)
-            tables = [sweep_dir / name for name in (CSV_FILE, MARKDOWN_FILE, GROUPS_CSV_FILE)]
-            runs = store_sweep_files(config.logger.mlflow.tracking_uri, experiment, tables)
-            log.info("Sweep tables stored in the %d run(s) of MLflow experiment %s", runs, experiment)
+def report_command(argv: list[str] | None, doc: str, example: str, write: Callable[[Path], str]) -> None:
+    """`python -m fruitres.reports.<report> SWEEP_DIR`: write the report of a sweep folder such as
+    `example` and print it."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help=f"a sweep folder, e.g. {example}")
+    sweep_dir = parser.parse_args(argv).sweep_dir
+    if not sweep_dir.is_dir():
+        parser.error(f"{sweep_dir} is not a directory; pass a sweep folder such as {example}")
+    print(write(sweep_dir))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help="a multirun directory, e.g. logs/train/multiruns/<time>")
-    sweep_dir = parser.parse_args(argv).sweep_dir
-    if not sweep_dir.is_dir():
-        parser.error(
-            f"{sweep_dir} is not a directory; pass a sweep directory such as logs/train/multiruns/<time>"
-        )
-    print(write_sweep_report(sweep_dir))
+    report_command(argv, __doc__, "logs/train/multiruns/<time>", write_sweep_report)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ the end of the sweep (conf/hparams_search/transfer.yaml); the command rebuilds i
 
 from __future__ import annotations
 
-import argparse
 import logging
 from io import BytesIO
 from pathlib import Path
@@ -20,14 +19,14 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from PIL import Image
 
 from fruitres.files import replaced_whole, write_csv_whole, write_text_whole
 from fruitres.reports.figures import to_png
-from fruitres.reports.sweep_report import job_dirs, job_record
+from fruitres.reports.sweep_report import report_command
+from fruitres.run_folders import HYDRA_DIR, job_dirs, job_record
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +54,8 @@ Results = dict[str, dict[int | None, float]]  # recipe → {images per class (No
 
 def job_point(job_dir: Path) -> tuple[str, int | None]:
     """The job's recipe and data.train_per_class, from the configs Hydra saved before it started."""
-    choices = OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
-    config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+    choices = OmegaConf.load(job_dir / HYDRA_DIR / "hydra.yaml").hydra.runtime.choices
+    config = OmegaConf.load(job_dir / HYDRA_DIR / "config.yaml")
     return str(choices.get("recipe") or "none"), config.data.get("train_per_class")
 
 
@@ -167,26 +166,8 @@ def write_transfer_report(sweep_dir: Path) -> str:
     return table
 
 
-class WriteTransferReport(Callback):
-    """Hydra callback: the transfer figure and table, written and printed when the study's sweep ends."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        print(write_transfer_report(sweep_dir))
-        log.info("Transfer figure: %s (also in %s)", sweep_dir / PNG_FILE, sweep_dir / TENSORBOARD_DIR)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "sweep_dir", type=Path, help="the study's target sweep, e.g. logs/transfer/<time>/target"
-    )
-    sweep_dir = parser.parse_args(argv).sweep_dir
-    if not sweep_dir.is_dir():
-        parser.error(
-            f"{sweep_dir} is not a directory; pass a transfer sweep such as logs/transfer/<time>/target"
-        )
-    print(write_transfer_report(sweep_dir))
+    report_command(argv, __doc__, "logs/transfer/<time>/target", write_transfer_report)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ import torch
 from lightning.fabric.connector import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from fruitres.callbacks.feature_cache import FLOAT32_WEIGHTS
+from fruitres.callbacks.feature_cache import caches_features
 from fruitres.data.datamodule import BAD_IMAGE_POLICIES
 from fruitres.data.embedded import MIN_IMAGE_SIZE
 from fruitres.data.images import INTERPOLATIONS
 from fruitres.errors import ConfigError
-from fruitres.models.backbone import check_arch, check_frozen_stages, stage_names, weights_names
+from fruitres.models.backbone import check_arch, check_frozen_stages, check_weights, stage_names
+from fruitres.models.classifier import backbone_is_fixed
 
 _ABSENT = object()
 PRECISIONS = tuple(  # what lightning.Trainer(precision=...) takes
@@ -74,20 +75,20 @@ def per_channel(positive: bool = False) -> Callable[[Any], bool]:
 
 
 def trains_on_cached_features(cfg: DictConfig) -> bool:
-    """Whether callbacks.linear_probe_cache will give the head cached features instead of images.
-
-    As LinearProbeFeatureCache decides: every stage frozen, no training augmentation, float32 weights.
-    """
+    """Whether callbacks.linear_probe_cache will give the head cached features instead of images, by the
+    rules the callback and the model apply (`caches_features`, `backbone_is_fixed`)."""
     arch = OmegaConf.select(cfg, "model.arch", default=None)
     if OmegaConf.select(cfg, "callbacks.linear_probe_cache", default=None) is None or arch is None:
         return False
     augment = OmegaConf.select(cfg, "data.augment", default=None) or {}
-    precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
-    frozen_stages = OmegaConf.select(cfg, "model.frozen_stages", default=0)
-    return (
-        not any(entry is not None for entry in augment.values())
-        and precision in FLOAT32_WEIGHTS
-        and frozen_stages == len(stage_names(arch))
+    fixed = backbone_is_fixed(
+        OmegaConf.select(cfg, "model.frozen_stages", default=0),
+        len(stage_names(arch)),
+        bool(OmegaConf.select(cfg, "model.train_bn", default=False)),
+    )
+    augments = any(entry is not None for entry in augment.values())
+    return caches_features(
+        fixed, augments, str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
     )
 
 
@@ -192,9 +193,4 @@ def _check_model(cfg: DictConfig) -> None:
     frozen_stages = OmegaConf.select(cfg, "model.frozen_stages", default=_ABSENT)
     if frozen_stages is not _ABSENT:
         check_frozen_stages(arch, frozen_stages, stage_names(arch))
-    name = OmegaConf.select(cfg, "model.weights", default=None)
-    if name is None:
-        return
-    names = weights_names(arch)
-    if name not in names:
-        raise ConfigError(f"model.weights={name} is not allowed; use null or one of {', '.join(names)}")
+    check_weights(arch, OmegaConf.select(cfg, "model.weights", default=None))

@@ -1,8 +1,8 @@
 """Which device and precision a run gets: one rule for `auto`, bf16 only where the hardware runs it natively.
 
-bf16-mixed trains ResNet-18 about twice as fast as float32 on a GPU and on a CPU with AVX-512 BF16 or
-AMX, with the same accuracy; a CPU without them emulates bf16 and runs many times slower than float32,
-so there the fastest precision is 32-true (docs/results.md, "Precision").
+bf16-mixed trains faster than float32 on a GPU and on a CPU with AVX-512 BF16 or AMX, with the same
+accuracy; a CPU without them emulates bf16, far slower than float32, so there the fastest precision is
+32-true (docs/results.md#precision).
 """
 
 from __future__ import annotations

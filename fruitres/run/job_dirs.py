@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"  # Hydra writes it into every job directory at its start
+from fruitres.run_folders import OVERRIDES_FILE, job_order, saved_overrides
 
 
 def sweep_job_subdir(sweep_dir: str, job_num: int, overrides: Sequence[str]) -> str:
@@ -22,8 +22,8 @@ def sweep_job_subdir(sweep_dir: str, job_num: int, overrides: Sequence[str]) -> 
     sweep = Path(sweep_dir)
     wanted = [str(override) for override in overrides]
     taken = {path.name for path in sweep.iterdir() if path.is_dir()} if sweep.is_dir() else set()
-    for name in sorted(taken, key=_job_order):
-        if _saved_overrides(sweep / name) == wanted:
+    for name in sorted(taken, key=job_order):
+        if saved_overrides(sweep / name) == wanted:
             return name
     number = int(job_num)
     while True:
@@ -31,17 +31,6 @@ def sweep_job_subdir(sweep_dir: str, job_num: int, overrides: Sequence[str]) -> 
         if name not in taken and _claim(sweep / name, wanted):
             return name
         number = max(number + 1, len(taken))
-
-
-def _job_order(name: str) -> tuple[int, str]:
-    return len(name), name  # 2 before 10
-
-
-def _saved_overrides(job_dir: Path) -> list[str] | None:
-    try:
-        return [str(item) for item in OmegaConf.load(job_dir / OVERRIDES_FILE)]
-    except (OSError, ValueError):  # no job there yet, or one being claimed by a parallel launcher
-        return None
 
 
 def _claim(job_dir: Path, overrides: list[str]) -> bool:

@@ -29,16 +29,17 @@ from lightning.pytorch import Callback
 
 from fruitres.data.cache import cache_key_of
 from fruitres.run.devices import cpu_bf16_features, cpu_model
+from fruitres.run.installation import CHECKOUT_DIR
 
 PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "hydra-core")
 CHECKPOINT_KEY = "fruitres_provenance"  # where checkpoints hold the provenance of the run that wrote them
-SOURCE_DIR = Path(__file__).resolve().parents[2]  # the checkout (or install) whose code is running
 
 _current: dict[str, Any] = {}
 
 
-def git_state(folder: Path = SOURCE_DIR) -> dict[str, Any]:
-    """Commit, whether tracked files differ from it, and the SHA-256 of that diff; all None outside git."""
+def git_state(folder: Path | None = CHECKOUT_DIR) -> dict[str, Any]:
+    """Commit, whether tracked files differ from it, and the SHA-256 of that diff; all None outside git, and
+    for an installed package (no checkout: a repository around its virtual environment holds other code)."""
 
     def git(*args: str) -> str | None:
         try:
@@ -47,7 +48,7 @@ def git_state(folder: Path = SOURCE_DIR) -> dict[str, Any]:
             return None
         return done.stdout if done.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
+    commit = None if folder is None else git("rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None, "diff_sha256": None}
     diff = git("diff", "HEAD", "--no-color", "--no-ext-diff") or ""

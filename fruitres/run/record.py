@@ -24,20 +24,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from fruitres.checkpoints.files import CHECKPOINT_DIR, LAST
-from fruitres.errors import FixableError
+from fruitres.errors import fixable_cause, innermost
 from fruitres.files import write_text_whole
 from fruitres.run.provenance import begin_provenance
+from fruitres.run_folders import RECORD_FILE, read_record
 
 log = logging.getLogger(__name__)
 
-RECORD_FILE = "run_record.json"
 TRACEBACK_FILE = "traceback.txt"  # a failed sweep job's traceback, when its error is not a FixableError
-
-
-def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """The record of the job that ran in `run_dir`, or None if it has none (yet)."""
-    path = Path(run_dir) / RECORD_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> None:
@@ -55,9 +49,8 @@ def epochs_trained(run_dir: Path, since: float) -> int | None:
 
 
 def root_cause(error: BaseException) -> str:
-    """The innermost error of a chain (Hydra wraps errors raised while instantiating), on one line."""
-    while error.__cause__ is not None:
-        error = error.__cause__
+    """The innermost error of a chain, on one line, as the record shows it."""
+    error = innermost(error)
     return " ".join(f"{type(error).__name__}: {error}".split())
 
 
@@ -106,7 +99,7 @@ def run_recorded(cfg: DictConfig, job: Callable[[], dict[str, float]]) -> float 
 
 def _traceback_note(run_dir: Path, error: Exception) -> str:
     """A bug's traceback goes to a file beside the record; an error the user can fix is its one line."""
-    if isinstance(error, FixableError) or isinstance(error.__cause__, FixableError):
+    if fixable_cause(error) is not None:
         return ""
     write_text_whole(run_dir / TRACEBACK_FILE, "".join(traceback.format_exception(error)))
     return f" (traceback in {run_dir / TRACEBACK_FILE})"

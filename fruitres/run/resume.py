@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from fruitres.checkpoints.files import CHECKPOINT_DIR, RESUMABLE, check_checkpoint_file, newest_checkpoint
-from fruitres.files import PARTIAL_SUFFIX
-from fruitres.run.record import RECORD_FILE
+from fruitres.checkpoints.files import CHECKPOINT_DIR, RESUMABLE, newest_checkpoint
+from fruitres.files import PARTIAL_SUFFIX, check_checkpoint_file
+from fruitres.run_folders import OVERRIDES_FILE, RECORD_FILE, saved_overrides
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,10 @@ def expand_resume_argv(argv: list[str]) -> list[str]:
         _refuse_finished_run_dir(argv)
         return argv
     run_dir = Path(given[-1].removeprefix(RESUME_PREFIX)).expanduser().resolve()
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
+    previous = saved_overrides(run_dir)
+    if previous is None:
         raise SystemExit(
-            f"resume={run_dir}: no .hydra/overrides.yaml there; pass a run directory "
+            f"resume={run_dir}: no {OVERRIDES_FILE} there; pass a run directory "
             "(logs/train/runs/<time>) or one job of a sweep (logs/train/multiruns/<time>/<job number>)"
         )
     rest = [arg for arg in argv[1:] if not arg.startswith(RESUME_PREFIX)]
@@ -46,7 +46,6 @@ def expand_resume_argv(argv: list[str]) -> list[str]:
     flags = [arg for arg in rest if arg.startswith("-")]
     overrides = [arg for arg in rest if not arg.startswith("-")]
     # Hydra applies overrides in order, so a later value of the same key wins.
-    previous = [str(item) for item in OmegaConf.load(saved)]
     return [argv[0], *flags, *previous, "ckpt_path=last", *overrides, f"hydra.run.dir={run_dir}"]
 
 

@@ -18,9 +18,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fruitres.reports.sweep_report import MARKDOWN_FILE, job_dirs, write_sweep_report
-from fruitres.run.job_dirs import OVERRIDES_FILE
-from fruitres.run.record import read_record
+from fruitres.reports.sweep_report import MARKDOWN_FILE, write_sweep_report
+from fruitres.run_folders import OVERRIDES_FILE, job_dirs, job_record
 
 OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 
@@ -32,7 +31,7 @@ def launch_records(sweep_dir: Path, since: float) -> dict[str, dict[str, Any]]:
     """The records of the jobs this launch ran (Hydra rewrites a job's overrides file when it starts it);
     a job without one (killed, or still running elsewhere) counts as failed."""
     return {
-        path.name: read_record(path) or {"status": "no record", "error": None}
+        path.name: job_record(path)
         for path in job_dirs(sweep_dir)
         if (path / OVERRIDES_FILE).stat().st_mtime >= since
     }

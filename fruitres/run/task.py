@@ -8,12 +8,14 @@ status 1; with ``HYDRA_FULL_ERROR=1`` the full traceback, original error include
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import hydra
 import rich.syntax
 import rich.tree
 from hydra.errors import CompactHydraException, InstantiationException
@@ -22,9 +24,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from fruitres.errors import FixableError
+from fruitres.errors import FixableError, fixable_cause
+from fruitres.files import write_text_whole
+from fruitres.run.compose import HYDRA_VERSION_BASE
 from fruitres.run.config_checks import validate_config
+from fruitres.run.installation import CONF_DIR
 from fruitres.run.record import run_recorded
+from fruitres.run.resolvers import register_resolvers
 from fruitres.run.third_party_warnings import silence_unactionable_warnings
 
 INTERRUPTED_EXIT_STATUS = 130  # the shell's status for a process stopped by Ctrl-C
@@ -36,6 +42,12 @@ Job = Callable[[DictConfig], dict[str, float]]
 
 class OneLineError(CompactHydraException):
     """A FixableError on its way out of Hydra: printed as its message alone."""
+
+
+def hydra_main(config_name: str) -> Callable:
+    """An entry point's `@hydra.main`: conf/<config_name>.yaml from CONF_DIR, resolvers registered."""
+    register_resolvers()
+    return hydra.main(version_base=HYDRA_VERSION_BASE, config_path=str(CONF_DIR), config_name=config_name)
 
 
 def run_task(cfg: DictConfig, job: Job) -> float | None:
@@ -61,8 +73,8 @@ def one_line_errors() -> Iterator[None]:
     except FixableError as error:
         raise OneLineError(str(error)) from error
     except InstantiationException as error:
-        if isinstance(error.__cause__, FixableError):
-            raise OneLineError(str(error.__cause__)) from error
+        if fixable_cause(error) is not None:
+            raise OneLineError(str(fixable_cause(error))) from error
         if isinstance(error.__cause__, MisconfigurationException):  # Lightning's word for a bad setting
             key = re.search(r"full_key: (\S+)", str(error))
             raise OneLineError(f"{key.group(1) if key else 'config'}: {error.__cause__}") from error
@@ -82,6 +94,6 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None) -> None:
         tree.add(str(key), style="yellow", guide_style="yellow").add(rich.syntax.Syntax(text, "yaml"))
     Console().print(tree)
     if save_to is not None:
-        save_to.parent.mkdir(parents=True, exist_ok=True)
-        with open(save_to, "w") as file:
-            Console(file=file, width=120, color_system=None).print(tree)
+        plain = Console(file=io.StringIO(), width=120, color_system=None)
+        plain.print(tree)
+        write_text_whole(save_to, plain.file.getvalue())

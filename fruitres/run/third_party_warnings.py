@@ -16,6 +16,13 @@ UNACTIONABLE_WARNINGS: tuple[tuple[str, type[Warning], str, str], ...] = (
         r"lightning\.pytorch\.utilities\._pytree",
         "Lightning's own use of a torch API deprecated after its release; fixed by a Lightning upgrade",
     ),
+    (
+        r"Precision bf16-mixed is not supported by the model summary",
+        UserWarning,
+        r"lightning\.pytorch\.utilities\.model_summary",
+        "the summary sizes the weights at 32 bits, which is right: bf16-mixed keeps float32 weights (it is "
+        "the default on every machine that runs bf16 natively: trainer/default.yaml)",
+    ),
 )
 LIGHTNING_TIP_PREFIX = "💡 Tip:"  # rank_zero_info adverts for Lightning's cloud services, every Trainer
 
