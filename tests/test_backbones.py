@@ -235,6 +235,7 @@ def test_timm_data_config_preprocesses_training_the_checkpoint_eval_and_predict(
                 f"inputs={image}",
                 f"paths.output_dir={tmp_path}",
                 "trainer=cpu",
+                "trainer.precision=32-true",  # the float32 reference below; bf16 would round its output
             ],
         )
     )

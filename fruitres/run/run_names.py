@@ -49,11 +49,14 @@ def job_overrides() -> dict[str, str]:
     return {override.key_or_group: override.get_value_element_as_str() for override in parsed}
 
 
-def tensorboard_run_name(output_dir: str) -> str:
+def tensorboard_run_name(output_dir: str | None) -> str:
     """`lr=0.001,frozen_stages=3` for a sweep job (last key components, file-name safe); '' for a single run.
 
     A resumed run (`resume=<job dir>` runs outside the sweep) goes on in the folder its events are already in.
+    No output folder (`--cfg job` prints the config before Hydra makes one): the single run's ''.
     """
+    if output_dir is None:
+        return ""
     earlier = tensorboard_events_dir(Path(output_dir))
     if earlier != Path(output_dir) / TENSORBOARD_DIR:
         return earlier.name
