@@ -58,15 +58,18 @@ def log_hyperparameters(
     (MLflow): the composed config, the parameter counts and the provenance."""
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            _log_hparams_experiment(logger, shown_hparams(cfg, model))
+            swept = swept_keys()  # read once: it loads the sweep's multirun.yaml
+            _log_hparams_experiment(logger, shown_hparams(cfg, model, swept), swept)
             logger.experiment.add_text(PROVENANCE_TAG, provenance_markdown(), global_step=0)
         else:
             logger.log_hyperparams(_whole_config(cfg, model, datamodule))
 
 
-def shown_hparams(cfg: DictConfig, model: L.LightningModule) -> dict[str, bool | int | float | str]:
-    """The HParams tab's columns of this run: swept keys, the curated set, the trainable weights."""
-    keys = list(dict.fromkeys([*swept_keys(), *CURATED_KEYS]))
+def shown_hparams(
+    cfg: DictConfig, model: L.LightningModule, swept: list[str]
+) -> dict[str, bool | int | float | str]:
+    """The HParams tab's columns of this run: the `swept` keys, the curated set, the trainable weights."""
+    keys = list(dict.fromkeys([*swept, *CURATED_KEYS]))
     shown = {key: _hparam_value(_config_value(cfg, key)) for key in keys}
     shown[TRAINABLE_PARAMS] = model.parameter_counts()[TRAINABLE_PARAMS]
     return shown
@@ -86,18 +89,19 @@ def _hparam_value(value: Any) -> bool | int | float | str:
 
 
 @rank_zero_only  # DDP ranks > 0 have no event file
-def _log_hparams_experiment(logger: TensorBoardLogger, hparams: dict[str, bool | int | float | str]) -> None:
+def _log_hparams_experiment(
+    logger: TensorBoardLogger, hparams: dict[str, bool | int | float | str], swept: list[str]
+) -> None:
     """The experiment (columns, metrics) and this run's session; a sweep job's trial is its swept values."""
     trial = str(logger.version) or Path(logger.save_dir).parent.name  # a single run: its folder's name
     writer = logger.experiment._get_file_writer()
-    writer.add_summary(_experiment_summary(hparams))
+    writer.add_summary(_experiment_summary(hparams, swept))
     writer.add_summary(summary_v2.hparams_pb(hparams, trial_id=trial))
     writer.flush()
 
 
-def _experiment_summary(hparams: dict[str, bool | int | float | str]) -> Summary:
+def _experiment_summary(hparams: dict[str, bool | int | float | str], swept: list[str]) -> Summary:
     """summary_v2.hparams_config_pb with the swept keys marked as differing: the tab lists those first."""
-    swept = set(swept_keys())
     experiment = api_pb2.Experiment(
         hparam_infos=[api_pb2.HParamInfo(name=name, differs=name in swept) for name in hparams],
         metric_infos=[
