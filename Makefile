@@ -15,10 +15,15 @@ TRANSFER_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/transfer/$(NOW)
 TARGET ?= 0.95
 SOURCE_CKPT ?=
 BENCH_TTA_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/bench_tta/$(NOW)
+# make full: from scratch on the full Fruits-360 (DATA=<the folder with its Training/ and Test/>) within BUDGET
+BUDGET ?= 00:00:15:00
+# make bench-peers: the ladder of wall-clock budgets (minutes) and the folder of the table and figure
+BUDGETS ?= 0.5,1
+BENCH_PEERS_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/bench_peers/$(NOW)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow test-all lint format train lr-find sweep transfer tensorboard clean bench \
-	bench-tta bench-gpu eval predict export archs seeds
+	bench-tta bench-peers bench-gpu full eval predict export archs seeds
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,7 +31,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev,mlflow,timm]"
+	$(PY) -m pip install -e ".[dev,mlflow,timm,peers]"
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package (editable) with its dev tools
@@ -73,6 +78,9 @@ transfer: $(STAMP) ## transfer study: source on classes A, B by recipe x images/
 		data.classes=$(CLASSES_B) source_ckpt=$$source_ckpt hydra.sweep.dir=$(TRANSFER_DIR)/target \
 		$(ARGS) $(TARGET_ARGS)
 
+full: $(STAMP) ## from scratch on the full Fruits-360 within BUDGET (15 min); DATA=<full dataset>; prints the result
+	$(PY) -m fruitres.train experiment=resnet18_scratch data.data_dir=$(DATA) trainer.max_time=$(BUDGET) $(ARGS)
+
 bench: $(STAMP) ## project vs the tutorial's loop, images/s (embedded data); ARGS="--data-dir DIR --json FILE"
 	$(PY) -m fruitres.bench throughput $(ARGS)
 
@@ -81,6 +89,12 @@ bench: $(STAMP) ## project vs the tutorial's loop, images/s (embedded data); ARG
 bench-tta: $(STAMP) ## time to 0.95 val accuracy, tutorial vs recipes (<30 min on 2 cores); DATA, SOURCE_CKPT
 	$(PY) -m fruitres.bench tta --target $(TARGET) --data-dir $(DATA) --classes-a $(CLASSES_A) \
 		--classes-b $(CLASSES_B) $(if $(SOURCE_CKPT),--source-ckpt $(SOURCE_CKPT)) --out $(BENCH_TTA_DIR) $(ARGS)
+
+# fruitres, fastai's fine_tune (± to_bf16) and the tutorial's loop on CLASSES_B of DATA, from one weights file
+# (a backbone trained first on CLASSES_A): Test accuracy against wall time (peers.png, peers.md/.csv/.json).
+bench-peers: $(STAMP) ## Test accuracy vs wall time beside fastai and the tutorial, BUDGETS=0.5,1 (min); DATA
+	$(PY) -m fruitres.bench peers --budgets-minutes $(BUDGETS) --data-dir $(DATA) --classes-a $(CLASSES_A) \
+		--classes-b $(CLASSES_B) --out $(BENCH_PEERS_DIR) $(ARGS)
 
 # From scratch at an equal fitting budget on DATA: parameters, train and eval images/s, test accuracy.
 archs: $(STAMP) ## compare backbones (torchvision and timm) at an equal time budget on DATA; ARGS="--seconds 300"

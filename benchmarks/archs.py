@@ -111,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data-dir", required=True, help="the folder holding Training/ and Test/")
+    parser.add_argument("--data-dir", required=True, help="the data folder (docs/data.md#folder-layouts)")
     parser.add_argument("--archs", nargs="+", default=ARCHS, help="model.arch values")
     parser.add_argument("--seconds", type=int, default=120, help="fitting budget per arch")
     parser.add_argument("--out", default=f"logs/archs/{time.strftime('%Y-%m-%d_%H-%M-%S')}")

@@ -66,6 +66,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "tta": checkpoint.model.tta,  # null = off
         "metrics": metrics,
         "test_acc_ci95": accuracy_interval(metrics.get("test/acc"), num_images),  # Wilson
+        # the Test images without a near twin in training (callbacks/novel_accuracy.py)
+        "test_acc_novel_ci95": accuracy_interval(
+            metrics.get("test/acc_novel"), int(metrics.get("test/novel_images", 0))
+        ),
         "class_names": names,
         "classes_without_test_images": [row["class"] for row in rows if row["support"] == 0],
         "most_confused": pairs,

@@ -8,9 +8,13 @@ final rename is atomic), is fsynced, and replaces the target with one ``os.repla
 from __future__ import annotations
 
 import csv
+import errno
+import logging
 import numbers
 import os
 import re
+import shutil
+import socket
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -18,28 +22,124 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fruitres.errors import CheckpointError
+from fruitres.errors import CheckpointError, FixableError
+
+log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"  # a file being written; one left behind was cut off by a kill
+# A partial's name says which process writes it (.<target>.@<host>@<pid>@.<random>.partial), so the next run
+# can tell a dead process's leftover from a file that a live one is still writing.
+PARTIAL_OWNER = re.compile(r"\.@(?P<host>[^@/]*)@(?P<pid>[0-9]+)@\.")
+# What a full, read-only or forbidden disk raises; anything else is a bug worth its traceback.
+FULL = "free space there or write to another folder"
+READ_ONLY = "make it writable or write to another folder"
+DISK_ERRORS = {  # errno: (what happened, the fix)
+    errno.ENOSPC: ("the disk is full", FULL),
+    errno.EDQUOT: ("the disk quota is used up", FULL),
+    errno.EROFS: ("the file system is read-only", READ_ONLY),
+    errno.EACCES: ("permission denied", READ_ONLY),
+    errno.EPERM: ("permission denied", READ_ONLY),
+}
+
+
+class WriteError(FixableError, OSError):
+    """A file that cannot be written for want of space or permission; the earlier file is left as it was."""
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())
 
 
 @contextmanager
 def replaced_whole(target: Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `target` at once, on error it is removed."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX)
-    os.close(handle)
-    partial = Path(name)
+    with disk_errors_named(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{target.name}.@{_host()}@{os.getpid()}@."
+        handle, name = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=PARTIAL_SUFFIX)
+        os.close(handle)
+        partial = Path(name)
+        try:
+            yield partial
+            with open(partial, "rb+") as file:
+                os.fsync(file.fileno())
+            partial.chmod(0o666 & ~_umask())  # mkstemp's 0600 would hide run records from a shared group
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        _fsync_folder(target.parent)  # make the rename itself survive a power cut
+
+
+@contextmanager
+def disk_errors_named(target: Path) -> Iterator[None]:
+    """A full, read-only or forbidden disk while writing `target` becomes one WriteError line naming its
+    folder; the file that was there before is untouched (writes go to a partial file first)."""
     try:
-        yield partial
-        with open(partial, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
+        yield
+    except WriteError:
         raise
-    _fsync_folder(target.parent)  # make the rename itself survive a power cut
+    except Exception as error:  # torch.save wraps the OSError in a RuntimeError: the chain is searched
+        named = disk_error(error, Path(target))
+        if named is error:
+            raise
+        raise named from error
+
+
+def disk_error(error: BaseException, target: Path) -> BaseException:
+    """`error` as a one-line WriteError if a full, read-only or forbidden disk caused it, else `error`."""
+    cause = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in DISK_ERRORS):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or not _about(cause, target):
+        return error
+    folder = _existing_folder(target.parent)
+    free = shutil.disk_usage(folder).free  # measured once the partial file is gone
+    free = f" ({free:,} bytes free there without this file)" if cause.errno == errno.ENOSPC else ""
+    previous = " (the earlier file is unchanged)" if target.exists() else ""
+    reason, fix = DISK_ERRORS[cause.errno]
+    return WriteError(f"cannot write {target.name} in {target.parent}: {reason}{free}{previous}; {fix}")
+
+
+def _about(error: OSError, target: Path) -> bool:
+    """Whether `error` concerns writing `target` (a file in its folder, the folder, or no file named), not
+    reading some other file inside the `with` block (copying a file that cannot be read)."""
+    if error.filename is None:
+        return True
+    named = Path(os.fsdecode(error.filename))
+    return named.parent == target.parent or target.parent.is_relative_to(named)
+
+
+def _existing_folder(folder: Path) -> Path:
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def remove_dead_partials(folder: Path, pattern: str = f".*{PARTIAL_SUFFIX}") -> None:
+    """Delete the partial files in `folder` that a process of this host left when it died (its pid is gone);
+    name the ones of other hosts, whose processes this one cannot see."""
+    for partial in sorted(Path(folder).glob(pattern)):
+        owner = PARTIAL_OWNER.search(partial.name)
+        if owner is None or owner["host"] != _host():
+            log.warning(
+                "%s: a partial file of another host or an older fruitres; delete it if no run writes it",
+                partial,
+            )
+        elif not _process_alive(int(owner["pid"])):
+            log.info("Removing %s, left by process %s, which died while writing it", partial, owner["pid"])
+            partial.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 # File names that are not valid UTF-8 (archives made on Windows) reach Python as lone surrogates;
@@ -120,3 +220,13 @@ def _corrupt_message(path: Path, reason: str) -> str:
         f"checkpoint {path} is truncated or not a checkpoint ({reason}): it was cut off while being written "
         f"or copied; restore it, or {fallback}"
     )
+
+
+def _umask() -> int:
+    """The process's umask, read once at import (it is only readable by setting it, which would race
+    with files other threads create meanwhile)."""
+    return _UMASK
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)

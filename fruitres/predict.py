@@ -15,7 +15,10 @@ from fruitres.checkpoints.loading import load_checkpoint
 from fruitres.data.folders import IMAGE_EXTENSIONS, is_image_file
 from fruitres.data.image_files import ImageFilesDataModule
 from fruitres.errors import ConfigError
+from fruitres.files import write_bytes_whole
 from fruitres.models.tta import check_tta
+from fruitres.reports.figures import to_png
+from fruitres.reports.multi_fruit import multi_fruit_figure, summary_line
 from fruitres.reports.predictions import Prediction, TopKPredictions, print_predictions, write_predictions
 from fruitres.run.provenance import note_trainer
 from fruitres.run.task import hydra_main, run_task
@@ -64,11 +67,23 @@ def predict(cfg: DictConfig) -> list[Prediction]:
     predictions = top_k.predictions
     print_predictions(predictions, cfg.max_rows)
     json_path, csv_path = write_predictions(predictions, Path(cfg.paths.output_dir), top_k.top_k)
+    report_named_fruits(predictions, Path(cfg.paths.output_dir), top_k.top_k)
     unreadable = sum(1 for p in predictions if p.error)
     if unreadable:
         log.warning("%d of %d file(s) could not be read; see the error column", unreadable, len(predictions))
     log.info("Predictions written to %s and %s", json_path, csv_path)
     return predictions
+
+
+def report_named_fruits(predictions: list[Prediction], output_dir: Path, top_k: int) -> None:
+    """Where file names list fruits (Fruits-360's test-multiple_fruits/): a summary line, multi_fruit.png."""
+    named = [p.fruits_named for p in predictions]
+    summary = summary_line(named, [p.fruits_in_top_k for p in predictions], top_k)
+    if summary:
+        log.info("Fruits named in file names: %s", summary)
+        figure = multi_fruit_figure(predictions)
+        if figure is not None:
+            write_bytes_whole(output_dir / "multi_fruit.png", to_png(figure))
 
 
 def predict_task(cfg: DictConfig) -> dict[str, float]:

@@ -15,6 +15,7 @@ OVERRIDES_FILE = Path(HYDRA_DIR) / "overrides.yaml"  # written into every job fo
 RECORD_FILE = "run_record.json"  # the job's outcome (fruitres/run/record.py)
 NO_RECORD_STATUS = "no record (running, or killed)"
 TENSORBOARD_DIR = "tensorboard"  # conf/logger/tensorboard.yaml's save_dir
+CLAIM_FILE = ".fruitres-claim"  # names the process that holds the folder (fruitres/run/folder_claim.py)
 
 
 def job_order(name: str) -> tuple[int, str]:

@@ -12,12 +12,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fruitres.lr_find import find_lr
+from fruitres.reports.uncertainty import result_line
 from fruitres.run.hparams import log_final_metrics, log_hyperparameters
 from fruitres.run.instantiate import instantiate_callbacks, instantiate_loggers
 from fruitres.run.launch import check_launch
 from fruitres.run.mlflow_tracking import store_run_files
-from fruitres.run.provenance import ProvenanceInCheckpoints, note_data, note_tested, note_trainer
+from fruitres.run.provenance import (
+    ProvenanceInCheckpoints,
+    note_data,
+    note_tested,
+    note_trainer,
+    tested_images,
+)
 from fruitres.run.resume import expand_resume_argv, resume_point
+from fruitres.run.resume_checks import check_resumed_run
 from fruitres.run.task import hydra_main, run_task
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_launch(trainer)
     datamodule.setup()  # the splits' fingerprints and counts, for the HParams tab and the run record
     note_data(datamodule)
+    check_resumed_run(cfg, resume)  # the same model and the same data as the checkpoint recorded
     note_trainer(trainer)
     if cfg.train and cfg.tune.lr_find and resume is None:  # a resumed run keeps its learning rate
         lr = find_lr(trainer, model, datamodule, Path(cfg.paths.output_dir), **cfg.lr_find)
@@ -61,8 +70,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     store_run_files(trainer, [Path(best)] if best else [], "checkpoints")  # MLflow: provenance tags, best
 
     metrics = {name: float(value) for name, value in metrics.items()}
-    log_final_metrics(trainer, metrics, wall_time_s=time.monotonic() - started)
+    wall_time_s = time.monotonic() - started
+    log_final_metrics(trainer, metrics, wall_time_s=wall_time_s)
+    if trainer.is_global_zero:
+        log.info(result_line(metrics, tested_images(), epochs_done(trainer), wall_time_s))
     return metrics
+
+
+def epochs_done(trainer: L.Trainer) -> float:
+    """Epochs trained, a cut last epoch counted by its share of steps."""
+    per_epoch = trainer.num_training_batches / max(1, trainer.accumulate_grad_batches)
+    if not per_epoch or per_epoch == float("inf"):
+        return float(trainer.current_epoch)
+    return trainer.global_step / per_epoch
 
 
 @hydra_main("train")

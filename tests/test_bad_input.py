@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cli import TINY_CLI, run_train
 from conftest import TINY_IMAGE_SIZE, compose_config, tiny_train_overrides
 from hydra.errors import ConfigCompositionException, MissingConfigException
@@ -140,6 +141,14 @@ def test_problem_folder_trains_end_to_end(problem_tree, tmp_path: Path) -> None:
             "data.std=[0.5,0,0.5]",
             "data.std=[0.5, 0, 0.5] is not allowed; use null (the backbone's own) or three",
         ),
+        ("seed=-1", "seed=-1 is not allowed; use an integer 0..4294967295"),
+        ("model.optimizer.lr=inf", "model.optimizer.lr=inf is not allowed; use a number > 0"),
+        ("data.classes=[Apple]", "data.classes=['Apple'] is not allowed; use null (every class), a text"),
+        (
+            "trainer.devices=3",
+            "trainer.devices=3 is not allowed; use 1 on the CPU; several CPU processes are DDP",
+        ),
+        ("+data.batchsize=8", "data.batchsize is not a setting of data; did you mean data.batch_size=...?"),
     ],
 )
 def test_out_of_range_value_names_the_key_the_value_and_what_is_allowed(override: str, message: str) -> None:
@@ -148,6 +157,46 @@ def test_out_of_range_value_names_the_key_the_value_and_what_is_allowed(override
         validate_config(cfg)
     assert str(error.value).startswith(message)
     assert "\n" not in str(error.value)
+
+
+def test_several_cpu_processes_pass_when_ddp_is_asked_for_by_name() -> None:
+    validate_config(compose_config("train", ["trainer=ddp_cpu", "trainer.devices=3"]))
+
+
+def test_more_data_workers_than_cores_are_cut_to_the_cores_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = compose_config("train", ["data.num_workers=4096"])
+    with caplog.at_level(logging.WARNING, logger="fruitres.run.config_checks"):
+        validate_config(cfg)
+    assert cfg.data.num_workers == len(os.sched_getaffinity(0))
+    (record,) = caplog.records
+    assert record.getMessage().startswith("data.num_workers=4096 is more than the")
+
+
+def test_unreachable_mlflow_server_is_refused_at_once_naming_the_key() -> None:
+    cfg = compose_config("train", ["logger=mlflow", "logger.mlflow.tracking_uri=http://127.0.0.1:9"])
+    with pytest.raises(ConfigError, match=r"^logger.mlflow.tracking_uri=http://127.0.0.1:9 does not answer"):
+        validate_config(cfg)
+
+
+def test_weights_path_that_is_a_text_file_is_refused_without_torchs_unpickling_advice(tmp_path: Path) -> None:
+    notes = tmp_path / "weights.pth"
+    notes.write_text("these are not weights")
+    cfg = compose_config("train", [f"model.weights_path={notes}"])
+    with pytest.raises(ConfigError, match=r"weights.pth is not a weights file torch.save wrote") as error:
+        validate_config(cfg)
+    assert "weights_only" not in str(error.value)
+
+
+def test_weights_path_of_another_architecture_is_refused_naming_both(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "resnet18.ckpt"
+    torch.save({"hyper_parameters": {"arch": "resnet18"}, "state_dict": {}}, checkpoint)
+    cfg = compose_config("train", [f"model.weights_path={checkpoint}", "model.arch=resnet34"])
+    with pytest.raises(
+        ConfigError, match=r"holds resnet18 weights, not model.arch=resnet34's; use model.arch"
+    ):
+        validate_config(cfg)
 
 
 def test_preprocessing_set_by_hand_or_left_to_the_backbone_passes_the_checks() -> None:
@@ -217,8 +266,8 @@ def corrupt_image(data: Path) -> None:
 @pytest.mark.parametrize(
     ("plant", "message"),
     [
-        (only_test, r"fruits has no Training/ folder; pass the folder that holds Training/"),
-        (unknown_test_class, r"Test has classes that Training/ lacks: Kiwi Golden; add them to Training/"),
+        (only_test, r"fruits has no training folder \(Training/ or train/\); name it: data\.splits\.train="),
+        (unknown_test_class, r"Test has classes that the training folder lacks: Kiwi Golden; add them to"),
     ],
 )
 def test_data_layout_problem_stops_the_run_at_its_start_naming_the_path(
@@ -240,7 +289,7 @@ CLI_CASES = {
     "missing_data_dir": (
         ["data.data_dir={root}/nowhere"],
         None,
-        "nowhere has no Training/ folder; pass the folder",
+        "nowhere is not a folder; pass the folder",
     ),
     "empty_class": ([], empty_class, "Plum Empty holds no images; add images or delete the empty folder"),
     "corrupt_image_error": (

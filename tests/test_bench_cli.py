@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fruitres.bench import cli, throughput, time_to_accuracy
+from fruitres.bench import cli, peers, throughput, time_to_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,10 +21,14 @@ def bench_help(*arguments: str) -> str:
     return result.stdout
 
 
-def test_top_level_help_lists_throughput_and_tta_each_with_its_summary() -> None:
+def test_top_level_help_lists_throughput_tta_and_peers_each_with_its_summary() -> None:
     lines = [line.split(maxsplit=1) for line in bench_help().splitlines()]
     summaries = {words[0]: words[1] for words in lines if len(words) == 2 and words[0] in cli.MODES}
-    assert summaries == {"throughput": throughput.SUMMARY, "tta": time_to_accuracy.SUMMARY}
+    assert summaries == {
+        "throughput": throughput.SUMMARY,
+        "tta": time_to_accuracy.SUMMARY,
+        "peers": peers.SUMMARY,
+    }
 
 
 def test_tta_help_lists_its_own_options_not_throughputs() -> None:

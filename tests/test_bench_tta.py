@@ -171,8 +171,8 @@ def test_a_missing_source_checkpoint_or_data_folder_is_one_line_naming_it(
     result = bench("--data-dir", str(tmp_path / "no-data"), root=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1].endswith(
-        f"argument --data-dir: {tmp_path / 'no-data'} has no Training/ folder; "
-        "pass the folder holding Training/ and Test/"
+        f"argument --data-dir: data.data_dir={tmp_path / 'no-data'} is not a folder; "
+        "pass the folder holding the data"
     )
 
     result = bench("--data-dir", str(tiny_dataset), "--starts", "imagenet", root=tmp_path)

@@ -125,6 +125,11 @@ def _no_classes(root: Path) -> None:
     (root / "Training").mkdir()
 
 
+def _one_class(root: Path) -> None:
+    for split in ("Training", "Test"):
+        shutil.rmtree(root / split / "Banana")
+
+
 def _all_unreadable(root: Path) -> None:
     for p in root.rglob("*.jpg"):
         p.write_bytes(b"not a jpeg")
@@ -134,12 +139,13 @@ def _all_unreadable(root: Path) -> None:
     ("break_it", "message"),
     [
         (_empty_class, "Test/Banana holds no images"),
-        (lambda root: shutil.rmtree(root / "Test"), "has no Test/ folder"),
+        (lambda root: (root / "test").mkdir(), "(Test, test); choose one with data.splits.test=Test"),
         (_unknown_test_class, "Test/ has classes that Training/ lacks: Cherry"),
-        (_no_classes, "Training/ has no class folders"),
+        (_no_classes, "Training has no class folders"),
+        (_one_class, "has one class folder (Apple); training needs at least two"),
         (_all_unreadable, "none of the 6 images can be opened"),
     ],
-    ids=["empty-class", "missing-test", "unknown-test-class", "no-classes", "all-unreadable"],
+    ids=["empty-class", "ambiguous-test", "unknown-test-class", "no-classes", "one-class", "all-unreadable"],
 )
 def test_untrainable_trees_exit_1(tmp_path: Path, capsys, break_it, message: str) -> None:
     root = make_clean_tree(tmp_path / "fruits")
@@ -156,7 +162,7 @@ def test_missing_split_points_at_a_nested_dataset(tmp_path: Path) -> None:
     report = check_dataset(tmp_path)
     assert not report["trainable"]
     assert (
-        f"did you mean {(tmp_path / 'fruits-360_dataset_100x100' / 'fruits-360').resolve()}"
+        f"set data.data_dir={(tmp_path / 'fruits-360_dataset_100x100' / 'fruits-360').resolve()}"
         in report["errors"][0]
     )
 
@@ -190,7 +196,35 @@ def test_cli_subprocess_json(tmp_path: Path) -> None:
     report = json.loads(done.stdout)
     assert report["trainable"] and report["overlap"]["in_training"] == 1
 
-    shutil.rmtree(root / "Test")
+    (root / "test").mkdir()
     done = subprocess.run([*command, str(root)], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 1
-    assert "has no Test/ folder" in done.stdout and "Traceback" not in done.stderr
+    assert "data.splits.test=Test" in done.stdout and "Traceback" not in done.stderr
+    done = subprocess.run([*command, str(root), "--test", "Test"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stdout
+
+
+def test_a_tree_without_a_test_folder_is_trainable_with_a_warning_naming_the_keys(tmp_path: Path) -> None:
+    root = make_clean_tree(tmp_path / "fruits")
+    shutil.move(root / "Training", root / "train")
+    shutil.move(root / "Test", root / "valid")
+    report = check_dataset(root)
+    assert report["trainable"], report["errors"]
+    assert report["split_folders"] == {"train": "train", "val": "valid", "test": None}
+    assert list(report["splits"]) == ["train", "valid"]
+    assert any("data.test_fraction" in warning and "test=false" in warning for warning in report["warnings"])
+
+
+def test_report_gives_the_size_distribution_and_the_image_cache_size(tmp_path: Path) -> None:
+    root = make_clean_tree(tmp_path / "fruits")  # six 8x8 images
+    jpeg(root / "Training/Apple/wide.jpg", (200, 10, 10), size=(40, 20))
+    jpeg(root / "Test/Banana/tall.jpg", (10, 10, 200), size=(15, 30))
+    report = check_dataset(root, image_size=64)
+    assert report["image_sizes"] == {
+        "images": 8,
+        "width": [8, 8, 40],
+        "height": [8, 8, 30],
+        "aspect_ratio": [0.5, 2.0],
+        "not_square": 2,
+    }
+    assert report["cache"] == {"image_size": 64, "bytes": 8 * 64 * 64 * 3}

@@ -61,8 +61,8 @@ def test_a_test_class_unknown_to_training_is_refused(tiny_dataset: Path, tmp_pat
         make_datamodule(root, tmp_path).setup()
 
 
-def test_missing_training_folder_names_the_path_and_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(DatasetLayoutError, match=r"no Training/ folder.*data\.data_dir"):
+def test_missing_data_folder_names_the_key_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(DatasetLayoutError, match=r"data\.data_dir=.*nowhere is not a folder; pass the"):
         make_datamodule(tmp_path / "nowhere", tmp_path).prepare_data()
 
 
@@ -166,3 +166,31 @@ def test_null_preprocessing_is_the_backbones_own_and_a_given_value_wins(
         "bilinear",
         [0.229, 0.224, 0.225],
     )
+
+
+def test_images_of_any_size_and_aspect_ratio_are_centre_cropped_never_stretched(tmp_path: Path) -> None:
+    """Mixed sizes: each image's shorter side is resized to image_size and the longer one centre-cropped, so
+    a wide image's outer thirds (red, green) are cut off and its middle (blue) fills the input."""
+    root = tmp_path / "data"
+    for split in ("Training", "Test"):
+        for name in ("Wide", "Tall"):
+            (root / split / name).mkdir(parents=True)
+    thirds = Image.new("RGB", (300, 100), (255, 0, 0))
+    thirds.paste((0, 0, 255), (100, 0, 200, 100))
+    thirds.paste((0, 255, 0), (200, 0, 300, 100))
+    for i, size in enumerate([(300, 100), (150, 50), (60, 20), (33, 11)]):
+        thirds.resize(size, Image.Resampling.NEAREST).save(root / "Training" / "Wide" / f"{i}.png")
+        thirds.rotate(90, expand=True).resize(size[::-1], Image.Resampling.NEAREST).save(
+            root / "Training" / "Tall" / f"{i}.png"
+        )
+    shutil.copy(root / "Training/Wide/0.png", root / "Test/Wide/0.png")
+    shutil.copy(root / "Training/Tall/1.png", root / "Test/Tall/0.png")
+    datamodule = make_datamodule(root, tmp_path, image_size=24, val_fraction=0.25)
+    datamodule.setup()
+    images = torch.stack([datamodule.datasets["test"][i][0] for i in range(2)])
+    assert images.shape == (2, 3, 24, 24)
+    pixels = images.permute(0, 2, 3, 1).reshape(-1, 3)
+    blue = (pixels[:, 2] > 200) & (pixels[:, 0] < 40) & (pixels[:, 1] < 40)
+    assert blue.float().mean() > 0.9
+    for path in sorted(root.glob("Training/*/*.png")):
+        assert decode_image(path, 24).shape == (24, 24, 3)

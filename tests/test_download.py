@@ -36,15 +36,21 @@ TOP = "fruits-360-100x100-main"
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def make_tree(root: Path, per_class: int = 2) -> Path:
-    """A tiny Fruits-360 tree: Training/ and Test/ with a few 8x8 JPEGs per class."""
-    for s, split in enumerate(("Training", "Test")):
+def make_tree(
+    root: Path,
+    per_class: int = 2,
+    splits: tuple[str, ...] = ("Training", "Test"),
+    sizes: tuple[tuple[int, int], ...] = ((8, 8),),
+) -> Path:
+    """A tiny Fruits-360 tree: `splits` with a few JPEGs per class, their sizes cycling through `sizes`."""
+    for s, split in enumerate(splits):
         for c, name in enumerate(CLASSES):
             folder = root / split / name
             folder.mkdir(parents=True)
             for i in range(per_class):
                 colour = (40 * c + 10 * i, 100 + 50 * s, 30 * i)
-                Image.new("RGB", (8, 8), colour).save(folder / f"{i}_100.jpg", quality=90)
+                size = sizes[i % len(sizes)]
+                Image.new("RGB", size, colour).save(folder / f"{i}_100.jpg", quality=90)
     (root / "LICENSE").write_text("MIT\n")
     return root
 
@@ -337,10 +343,12 @@ def test_find_dataset_root_layouts(tmp_path: Path, layout: str) -> None:
     assert find_dataset_root(base) == (base / layout).resolve()
 
 
-def test_find_dataset_root_explains_a_missing_split(tmp_path: Path) -> None:
-    (tmp_path / "fruits" / "Training" / "Banana").mkdir(parents=True)
-    with pytest.raises(DatasetLayoutError, match=r"both Training/ and Test/"):
+def test_find_dataset_root_takes_a_training_folder_alone_and_explains_none(tmp_path: Path) -> None:
+    (tmp_path / "fruits" / "Banana").mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError, match=r"no folder holding a training folder \(Training/"):
         find_dataset_root(tmp_path)
+    (tmp_path / "fruits" / "train" / "Banana").mkdir(parents=True)  # data.test_fraction gives a test set
+    assert find_dataset_root(tmp_path) == (tmp_path / "fruits").resolve()
     with pytest.raises(DatasetLayoutError, match="not a folder"):
         find_dataset_root(tmp_path / "missing")
 
@@ -382,3 +390,52 @@ def test_cli_subprocess(server: Served, tree: Path, dest: Path) -> None:
 )
 def test_archive_name_is_a_plain_file_name(url: str, version: str, name: str) -> None:
     assert download.archive_name(url, version) == name
+
+
+@pytest.mark.parametrize(
+    ("args", "release", "splits", "layout"),
+    [
+        ([], "100x100", ("Training", "Test"), "train=Training/, val=none, test=Test/"),
+        (
+            ["--release", "original-size"],
+            "original-size",
+            ("Training", "Validation", "Test"),
+            "train=Training/, val=Validation/, test=Test/",
+        ),
+    ],
+    ids=["default-100x100", "original-size"],
+)
+def test_release_downloads_its_repository_and_finds_its_layout(
+    server: Served,
+    tmp_path: Path,
+    dest: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+    args,
+    release,
+    splits,
+    layout,
+) -> None:
+    """Each release comes from its own repository's archive URL; its split folders are found and named."""
+    monkeypatch.setattr(download, "GITHUB", server.url)  # the real URL layout, served locally
+    repo = download.RELEASES[release]
+    top = f"{repo.split('/')[1]}-main"
+    sizes = ((8, 8),) if release == "100x100" else ((120, 160), (180, 130))  # original size: varying
+    source = make_tree(tmp_path / "source", splits=splits, sizes=sizes)
+    server.files[f"/{repo}/archive/main.zip"] = zip_bytes(source, top)
+
+    assert main([*args, "--dest", str(dest), "--timeout", "5"]) == 0
+
+    out = capsys.readouterr().out
+    root = (dest / top).resolve()
+    assert server.requests == [(f"/{repo}/archive/main.zip", None)]
+    assert out.strip().splitlines()[-1] == f"data.data_dir={root}"
+    assert f"(split folders: {layout})" in out
+    assert sorted(p.name for p in dest.iterdir()) == [top]
+
+
+def test_unknown_release_is_refused_by_name(dest: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--release", "50x50", "--dest", str(dest)])
+    assert exit_info.value.code == 2
+    assert "original-size" in capsys.readouterr().err

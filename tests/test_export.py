@@ -29,7 +29,10 @@ def consumer_pixels(path: Path, size: int, interpolation: str) -> np.ndarray:
     with Image.open(path) as image:
         rgb = ImageOps.exif_transpose(image).convert("RGB")
         if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling[interpolation.upper()])
+            side = min(rgb.size)  # the centred square of side min(width, height)
+            left, top = (rgb.width - side) / 2, (rgb.height - side) / 2
+            box = (left, top, left + side, top + side)
+            rgb = rgb.resize((size, size), Image.Resampling[interpolation.upper()], box=box)
         return np.asarray(rgb)
 
 
@@ -45,13 +48,14 @@ def consumer_inputs(images: list[Path], meta: dict) -> np.ndarray:
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("size", [32, 48, 100])
+@pytest.mark.parametrize("shape", [(100, 100), (60, 150)])  # (height, width): square, and wide
 def test_documented_decoding_gives_the_pixels_training_and_predict_see(
-    tmp_path: Path, size: int, interpolation: str
+    tmp_path: Path, size: int, interpolation: str, shape: tuple[int, int]
 ) -> None:
     """One decoding rule: the training cache, predict and model.json's recipe agree pixel for pixel."""
     photo = tmp_path / "photo.jpg"
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(photo, quality=90)
+    Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(photo, quality=90)
     rule = decoding_rule(interpolation)
     assert f"Image.Resampling.{interpolation.upper()}" in rule and "exif_transpose" in rule
     (cache_file, unreadable) = build_image_cache([photo], size, tmp_path / "cache", interpolation)

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fruitres.errors import ConfigError
 from fruitres.predict import expand_inputs, predict
+from fruitres.reports.multi_fruit import fruits_named
 from fruitres.run_folders import tensorboard_events_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,3 +134,86 @@ def test_predict_command_prints_a_table_and_writes_json_and_csv(
     (run_dir,) = (tmp_path / "root" / "logs" / "predict" / "runs").iterdir()
     assert len(json.loads((run_dir / "predictions.json").read_text())) == 2
     assert (run_dir / "predictions.csv").is_file()
+
+
+@pytest.fixture
+def multi_fruit_folder(tiny_dataset: Path, tmp_path: Path) -> Path:
+    """Photos of several fruits side by side, the fruits named in the file name as in Fruits-360's
+    test-multiple_fruits/ (the tiny dataset's fruits: apple, pear, plum)."""
+    from PIL import Image
+
+    folder = tmp_path / "test-multiple_fruits"
+    folder.mkdir()
+    test = tiny_dataset / "Test"
+    by_fruit = {
+        "apple": test / "Apple Smooth Red",
+        "pear": test / "Pear Speckled Yellow",
+        "plum": test / "Plum Smooth Red",
+    }
+    for name, fruits in {
+        "apple_pear.jpg": ["apple", "pear"],
+        "Plums(lots)_1.jpg": ["plum", "plum"],
+        "apples_Pears_plums.jpg": ["apple", "pear", "plum"],
+        "photo 7.jpg": ["pear"],
+    }.items():
+        tiles = [Image.open(by_fruit[fruit] / f"000{i}.jpg").convert("RGB") for i, fruit in enumerate(fruits)]
+        photo = Image.new("RGB", (sum(t.width for t in tiles), tiles[0].height), "white")
+        for i, tile in enumerate(tiles):
+            photo.paste(tile, (i * tile.width, 0))
+        photo.save(folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("top_k", [5, 1])
+def test_predict_counts_the_fruits_a_file_name_lists_that_are_in_the_top_k(
+    trained_sweep: TrainedSweep, multi_fruit_folder: Path, tmp_path: Path, caplog, top_k: int
+) -> None:
+    out = tmp_path / "out"
+    with caplog.at_level("INFO", logger="fruitres.predict"):
+        predictions = predict(
+            predict_config(trained_sweep.checkpoint, out, f'"{multi_fruit_folder}"', f"top_k={top_k}")
+        )
+
+    with open(out / "predictions.csv", newline="") as file:
+        rows = {Path(row["path"]).name: row for row in csv.DictReader(file)}
+    named = {name: row["fruits_named"] for name, row in rows.items()}
+    assert named == {
+        "apple_pear.jpg": "apple pear",
+        "Plums(lots)_1.jpg": "plum",
+        "apples_Pears_plums.jpg": "apple pear plum",
+        "photo 7.jpg": "",
+    }
+    by_name = {Path(p.path).name: p for p in predictions}
+    for name, row in rows.items():
+        top_fruits = {c.split()[0].lower() for c in by_name[name].classes}
+        expected = sum(fruit in top_fruits for fruit in row["fruits_named"].split())
+        assert row["fruits_in_top_k"] == (str(expected) if row["fruits_named"] else "")
+    if top_k == 5:  # every class is in the top-5: every named fruit is found
+        found = {name: row["fruits_in_top_k"] for name, row in rows.items()}
+        assert found == {
+            "apple_pear.jpg": "2",
+            "Plums(lots)_1.jpg": "1",
+            "apples_Pears_plums.jpg": "3",
+            "photo 7.jpg": "",
+        }
+    hits = sum(int(row["fruits_in_top_k"] or 0) for row in rows.values())
+    summary = f"{hits} of 6 fruits named in 3 file name(s) are in the top-{top_k}"
+    assert summary in caplog.text
+    records = json.loads((out / "predictions.json").read_text())
+    assert {Path(r["path"]).name: r["fruits_in_top_k"] for r in records}["photo 7.jpg"] is None
+    assert (out / "multi_fruit.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    ("file_name", "fruits"),
+    [
+        ("apple_banana_orange.jpg", ["apple", "banana", "orange"]),
+        ("Apples(lots)_1.jpg", ["apple"]),
+        ("cherries_TOMATOES-limes 2.png", ["cherry", "tomato", "lime"]),
+        ("peaches_peach.jpg", ["peach"]),
+        ("r_123_100.jpg", []),
+    ],
+)
+def test_file_name_words_match_class_fruits_in_any_case_and_number(file_name: str, fruits: list[str]) -> None:
+    classes = ["Apple Red 1", "Banana", "Cherry 1", "Limes", "Orange", "Peach", "Tomato 1"]
+    assert fruits_named(file_name, classes) == fruits

@@ -307,6 +307,7 @@ def test_schedule_fitted_to_max_time_ends_when_the_time_does(tiny_dataset: Path,
             "trainer.max_epochs=100",
             "++trainer.max_time=00:00:00:10",
             "++trainer.limit_train_batches=2",
+            "callbacks.time_budget=null",  # the clock alone (the plan: tests/test_budget_plan.py)
             "data.augment=null",
             "+callbacks.slow._target_=test_recipes.SlowSteps",
             f"+callbacks.slow.path={probe}",

@@ -1,11 +1,12 @@
-"""A 2×2 sweep over two seeds, tracked by TensorBoard and MLflow: the table per configuration over seeds,
-and every job read back from the MLflow store through MLflow's own client."""
+"""A 2×2 sweep over two seeds, tracked by TensorBoard and MLflow: the table per configuration over seeds; in
+MLflow one parent run with a child per job, read through MLflow's own client, and the table read back."""
 
 from __future__ import annotations
 
 import csv
 import shutil
 import statistics
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,10 +17,11 @@ from conftest import expected_cpu_precision
 from test_sweeps import launch, only_sweep_dir
 
 from fruitres.errors import ConfigError
-from fruitres.reports.sweep_report import CSV_FILE, GROUPS_CSV_FILE, MARKDOWN_FILE
+from fruitres.reports.sweep_report import CSV_FILE, FIGURE_FILE, GROUPS_CSV_FILE, MARKDOWN_FILE
 from fruitres.reports.uncertainty import wilson_interval
+from fruitres.run.hparams import CURATED_KEYS
 from fruitres.run.mlflow_tracking import MISSING, mlflow_logger
-from fruitres.run_folders import read_record
+from fruitres.run_folders import RECORD_FILE, read_record
 
 LEARNING_RATES = ("0.001", "0.003")
 
@@ -86,32 +88,69 @@ def test_seeds_are_grouped_per_configuration_with_mean_std_and_interval(seed_swe
     assert "By configuration, over seeds" in (seed_sweep.sweep_dir / MARKDOWN_FILE).read_text()
 
 
+def tracking_uri(seed_sweep: SeedSweep) -> str:
+    return f"sqlite:///{seed_sweep.root}/logs/mlflow.db"
+
+
 @pytest.mark.slow
-def test_a_sweep_is_one_mlflow_experiment_with_a_run_per_job(seed_sweep: SeedSweep) -> None:
+def test_a_sweep_is_one_mlflow_parent_run_with_a_child_run_per_job(seed_sweep: SeedSweep) -> None:
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{seed_sweep.root}/logs/mlflow.db")
+    client = MlflowClient(tracking_uri(seed_sweep))
     experiment = client.get_experiment_by_name(f"train/{seed_sweep.sweep_dir.name}")
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 4
-    for run in runs:
-        job_dir = seed_sweep.sweep_dir / run.info.run_name.split(":")[0]
-        record = read_record(job_dir)
-        params = run.data.params
-        assert f"model.optimizer.lr={params['model/optimizer/lr']}" in record["overrides"]
-        assert f"seed={params['seed']}" in record["overrides"]
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 5 and len(children) == 4
+    assert parent.data.tags["fruitres.sweep"] == str(seed_sweep.sweep_dir)
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert {
+        f"sweep/{name}" for name in (CSV_FILE, MARKDOWN_FILE, GROUPS_CSV_FILE, FIGURE_FILE)
+    } <= parent_files
+
+    for run in children:
+        tags, params = run.data.tags, run.data.params
+        record = read_record(seed_sweep.sweep_dir / tags["fruitres.job"])
+        assert (
+            run.info.run_name == f"seed={tags['seed']},lr={tags['model.optimizer.lr']}"
+        )  # as in TensorBoard
+        assert {f"seed={tags['seed']}", f"model.optimizer.lr={tags['model.optimizer.lr']}"} <= set(
+            record["overrides"]
+        )
+        assert set(params) == {*CURATED_KEYS, "params/trainable", "params/total", "params/frozen"}
+        assert float(params["model.optimizer.lr"]) == float(tags["model.optimizer.lr"])
+        assert params["seed"] == tags["seed"]
         assert run.data.metrics["test/acc"] == pytest.approx(record["metrics"]["test/acc"])
         assert len(client.get_metric_history(run.info.run_id, "train/loss_step")) == 3  # every step
-        tags = run.data.tags
         assert tags["provenance.git.commit"] == str(record["provenance"]["git"]["commit"])
         assert tags["provenance.data.splits.test.images"] == "50"
         assert tags["provenance.hardware.precision"] == expected_cpu_precision()
-        files = {
-            a.path
-            for folder in ("checkpoints", "sweep")
-            for a in client.list_artifacts(run.info.run_id, folder)
-        }
-        assert {"checkpoints/epoch_000.ckpt", f"sweep/{CSV_FILE}", f"sweep/{GROUPS_CSV_FILE}"} <= files
+        files = {a.path for a in client.list_artifacts(run.info.run_id)}
+        files |= {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+        assert {"checkpoints/epoch_000.ckpt", RECORD_FILE} <= files
+
+
+@pytest.mark.slow
+def test_the_sweep_table_is_read_back_from_mlflow_alone(seed_sweep: SeedSweep) -> None:
+    command = [sys.executable, "-m", "fruitres.reports.sweep_report", "--mlflow", tracking_uri(seed_sweep)]
+    table = (seed_sweep.sweep_dir / MARKDOWN_FILE).read_text()
+    moved = seed_sweep.sweep_dir.with_name("moved away")  # the table must come from MLflow, not the folder
+    seed_sweep.sweep_dir.rename(moved)
+    try:
+        read = subprocess.run(
+            [*command, f"train/{seed_sweep.sweep_dir.name}"], capture_output=True, text=True, timeout=300
+        )
+    finally:
+        moved.rename(seed_sweep.sweep_dir)
+    assert read.returncode == 0, read.stderr[-3000:]
+    assert read.stdout == table + "\n"
+
+    missing = subprocess.run([*command, "train/nope"], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"{tracking_uri(seed_sweep)} has no MLflow experiment 'train/nope'; "
+        "a sweep's is train/<sweep folder name>"
+    )
 
 
 def test_logger_mlflow_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:

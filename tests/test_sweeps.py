@@ -17,7 +17,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from fruitres.reports.sweep_report import CSV_FILE, MARKDOWN_FILE
+from fruitres.reports.sweep_report import CSV_FILE, FIGURE_FILE, MARKDOWN_FILE, SUMMARY_RUN
 from fruitres.reports.uncertainty import wilson_interval
 from fruitres.run.hparams import PROVENANCE_TAG
 from fruitres.run_folders import RECORD_FILE, read_record, tensorboard_events_dir
@@ -105,7 +105,7 @@ def test_grid_sweep_gives_each_job_its_directory_and_the_sweep_one_table(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_dir = only_sweep_dir(tmp_path)
-    job_dirs = sorted(path for path in sweep_dir.iterdir() if path.is_dir())
+    job_dirs = sorted(path for path in sweep_dir.iterdir() if path.is_dir() and path.name != SUMMARY_RUN)
     assert [path.name for path in job_dirs] == ["0", "1", "2", "3"]
 
     grid = set()
@@ -150,6 +150,9 @@ def test_grid_sweep_gives_each_job_its_directory_and_the_sweep_one_table(
     assert {row["status"] for row in rows} == {"ok"}
     markdown = (sweep_dir / MARKDOWN_FILE).read_text()
     assert markdown.splitlines()[0] in result.stdout
+    assert (sweep_dir / FIGURE_FILE).is_file() and list(
+        (sweep_dir / SUMMARY_RUN).glob("events.out.tfevents.*")
+    )
 
     (sweep_dir / CSV_FILE).unlink()
     (sweep_dir / MARKDOWN_FILE).unlink()

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 import pytest
 from conftest import TrainedSweep
 
+from fruitres.reports.sweep_report import FIGURE_TAG, SUMMARY_RUN, TABLE_TAG
 from fruitres.run.hparams import CURATED_KEYS, METRICS
 from fruitres.run_folders import tensorboard_events_dir
 
@@ -97,8 +98,8 @@ def fetch_json(url: str, path: str, missing=None, **query: str):
 def test_tensorboard_serves_each_runs_scalars_and_figures_over_http(
     trained_sweep: TrainedSweep, tensorboard_url: str
 ) -> None:
-    runs = fetch_json(tensorboard_url, "/data/runs")
-    assert sorted(runs) == sorted(tensorboard_runs(trained_sweep))
+    runs = tensorboard_runs(trained_sweep)
+    assert sorted(fetch_json(tensorboard_url, "/data/runs")) == sorted([*runs, SUMMARY_RUN])
 
     scalar_tags = fetch_json(tensorboard_url, "/data/plugin/scalars/tags")
     image_tags = fetch_json(tensorboard_url, "/data/plugin/images/tags")
@@ -125,6 +126,23 @@ def test_tensorboard_serves_each_runs_scalars_and_figures_over_http(
     assert png.startswith(PNG_MAGIC) and len(png) > 5_000
 
 
+def test_the_sweep_summary_run_serves_the_table_and_the_figure(
+    trained_sweep: TrainedSweep, tensorboard_url: str
+) -> None:
+    deadline = time.monotonic() + 60  # the summary is written after the jobs' runs: it may load last
+    while SUMMARY_RUN not in fetch_json(tensorboard_url, "/data/plugin/images/tags"):
+        assert time.monotonic() < deadline, "TensorBoard did not load the sweep_summary run in 60 s"
+        time.sleep(0.5)
+    (image,) = fetch_json(tensorboard_url, "/data/plugin/images/images", run=SUMMARY_RUN, tag=FIGURE_TAG)
+    assert fetch(tensorboard_url, f"/data/plugin/images/individualImage?{image['query']}").startswith(
+        PNG_MAGIC
+    )
+    (text,) = fetch_json(
+        tensorboard_url, "/data/plugin/text/text", run=SUMMARY_RUN, tag=f"{TABLE_TAG}/text_summary"
+    )
+    assert "model.optimizer.lr" in text["text"] and "test/acc" in text["text"]
+
+
 def test_hparams_tab_shows_the_swept_key_first_runs_named_by_their_values_and_the_metrics(
     trained_sweep: TrainedSweep, tensorboard_url: str
 ) -> None:
@@ -147,4 +165,5 @@ def test_hparams_tab_shows_the_swept_key_first_runs_named_by_their_values_and_th
         assert set(METRICS) <= metrics.keys()
         assert 0 <= metrics["test/acc_ci_low"] <= metrics["test/acc"] <= metrics["test/acc_ci_high"] <= 1
         assert metrics["time/wall_s"] > 0
-    assert all(run.split("/")[-1].startswith("lr=") for run in fetch_json(tensorboard_url, "/data/runs"))
+    served = fetch_json(tensorboard_url, "/data/runs")
+    assert all(run == SUMMARY_RUN or run.split("/")[-1].startswith("lr=") for run in served)

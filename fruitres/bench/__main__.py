@@ -1,4 +1,4 @@
-"""`python -m fruitres.bench MODE`: throughput or tta (time to accuracy); `--help` lists them."""
+"""`python -m fruitres.bench MODE`: throughput, tta (time to accuracy) or peers; `--help` lists them."""
 
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from fruitres.bench import throughput, time_to_accuracy
+from fruitres.bench import peers, throughput, time_to_accuracy
 
 PROG = "python -m fruitres.bench"
-MODES = {"throughput": throughput, "tta": time_to_accuracy}
+MODES = {"throughput": throughput, "tta": time_to_accuracy, "peers": peers}
 DEFAULT_MODE = "throughput"
 
 
@@ -19,7 +19,7 @@ def parser() -> argparse.ArgumentParser:
     """The top-level parser, listing each mode with its one-line summary; a subparser per mode."""
     top = argparse.ArgumentParser(
         prog=PROG,
-        description="Benchmarks of the project against the tutorial's loop (docs/performance.md).",
+        description="Benchmarks of the project against the tutorial's loop and fastai (docs/performance.md).",
         epilog=f"Without a mode, {DEFAULT_MODE} runs. `{PROG} tta --help` lists that mode's options.",
     )
     modes = top.add_subparsers(title="modes", dest="mode")

@@ -493,7 +493,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides of the training config, e.g. data.num_workers=1"
     )
-    parser.add_argument("--data-dir", help="a folder with Training/ and Test/ (default: the embedded data)")
+    parser.add_argument("--data-dir", help="a data folder (default: the embedded data)")
     parser.add_argument("--experiment", default="resnet18", help="the experiment config (default resnet18)")
     parser.add_argument(
         "--variants",

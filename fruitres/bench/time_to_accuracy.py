@@ -47,6 +47,7 @@ from fruitres.bench.clock import ValidationClock
 from fruitres.bench.report import Outcome
 from fruitres.bench.throughput import comma_list, machine_name, quiet
 from fruitres.data.datamodule import Fruits360DataModule
+from fruitres.data.splits import resolve_split_folders
 from fruitres.errors import FixableError
 from fruitres.models.backbone import build_backbone
 from fruitres.reports.transfer_report import RECIPES as RECIPE_LABELS
@@ -106,6 +107,7 @@ def project_overrides(
         f"data.classes={args.classes_b}",
         *weights,
         f"trainer.max_time={max_time(cap_minutes)}",
+        "callbacks.time_budget=null",  # the cap stops a run; it is not a budget to stretch the recipe into
         f"{clock}._target_={ValidationClock.__module__}.{ValidationClock.__name__}",
         f"{clock}.path={args.out / 'runs' / name / 'clock.json'}",
         f"{clock}.start={time.time()}",
@@ -334,12 +336,12 @@ def fraction(text: str) -> float:
 
 
 def data_folder(text: str) -> Path:
-    """A folder holding Training/ (and Test/), as an absolute path."""
+    """A data folder whose split folders training finds (fruitres/data/splits.py), as an absolute path."""
     path = Path(text).resolve()
-    if not (path / "Training").is_dir():
-        raise argparse.ArgumentTypeError(
-            f"{path} has no Training/ folder; pass the folder holding Training/ and Test/"
-        )
+    try:
+        resolve_split_folders(path, None)
+    except FixableError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return path
 
 
@@ -355,7 +357,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the validation accuracy to reach (default 0.95)",
     )
     parser.add_argument(
-        "--data-dir", type=data_folder, required=True, help="a folder with Training/ and Test/"
+        "--data-dir", type=data_folder, required=True, help="a data folder (docs/data.md#folder-layouts)"
     )
     parser.add_argument("--source-ckpt", type=Path, help="a transfer_source run's best checkpoint")
     parser.add_argument("--classes-a", type=Path, default=CONF_DIR / "classes" / "fruits360_a.txt")

@@ -46,9 +46,10 @@ class StopOnNonFiniteLoss(Callback):
 class CheckpointOnInterrupt(Callback):
     """Ctrl-C (or SIGTERM) during fitting: finish the current batch, save `<dirpath>/<filename>.ckpt`, exit.
 
-    Lightning handles the KeyboardInterrupt itself (on_exception hooks, loggers closed, exit status 1) and
-    stops at a batch boundary on SIGTERM; this callback defers Ctrl-C to the end of the batch, so the saved
-    state is never half an optimizer step, and writes the checkpoint. A second Ctrl-C interrupts at once.
+    Lightning handles the KeyboardInterrupt itself (on_exception hooks, loggers closed) and stops at a batch
+    boundary on SIGTERM; this callback defers Ctrl-C to the end of the batch, so the saved state is never
+    half an optimizer step, and writes the checkpoint. A second Ctrl-C interrupts at once. The run is then
+    recorded as interrupted and exits with 130 (Ctrl-C) or 143 (SIGTERM): fruitres/run/interruption.py.
     """
 
     def __init__(self, dirpath: str, filename: str = Path(INTERRUPTED).stem) -> None:

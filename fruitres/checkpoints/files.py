@@ -4,7 +4,8 @@ file that is cut off or not a checkpoint.
 Lightning's own save goes through an fsspec transaction whose temporary file lives in the system temp
 folder: when that is another filesystem (a local /tmp, runs on network storage) the final move is a copy,
 and a kill during it leaves a truncated ``last.ckpt``; nothing is fsynced either. Here the temporary file
-sits beside the target, is fsynced, and replaces the target with one ``os.replace``.
+sits beside the target, is fsynced, and replaces the target with one ``os.replace``; a full or read-only
+disk stops the run with one line naming the folder (`fruitres.files.WriteError`), the earlier file kept.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        with replaced_whole(Path(path)) as partial:
-            torch.save(checkpoint, partial)
+        with replaced_whole(Path(path)) as partial, open(partial, "wb") as file:
+            torch.save(checkpoint, file)  # via a Python file: a full disk raises OSError with its errno
 
     def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Load as Lightning does, but a cut-off file raises CheckpointError naming it."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from fruitres.checkpoints.values import check_checkpoint_values
 from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.data.images import decoding_rule
 from fruitres.errors import CheckpointError, first_line
@@ -74,6 +75,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         raise CheckpointError(
             f"ckpt_path={path} lacks {', '.join(missing)}; use a checkpoint written by fruitres.train"
         )
+    check_checkpoint_values(path, checkpoint)
     # The checkpoint holds every weight: fetch no pretrained ones. Run eagerly: a compiled forward cannot
     # be exported, and one pass over a test set does not repay compiling.
     hparams = {**checkpoint["hyper_parameters"], "weights": None, "weights_path": None, "compile": False}

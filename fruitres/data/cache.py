@@ -6,10 +6,12 @@ DataLoader worker shares the same pages instead of holding its own copy.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,11 +21,12 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from fruitres.data.images import decode_image
-from fruitres.files import replaced_whole, write_text_whole
+from fruitres.errors import FixableError
+from fruitres.files import PARTIAL_SUFFIX, remove_dead_partials, replaced_whole, write_text_whole
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: one decoding rule (no reduced-scale JPEG decoding), 16-bit images scaled
+CACHE_FORMAT = 3  # 2: one decoding rule (no reduced-scale JPEG decoding), 16-bit scaled; 3: centre crop
 CACHE_PREFIX = "images-"
 
 
@@ -63,11 +66,14 @@ def build_image_cache(
     if array_path.exists() and meta_path.exists():
         return array_path, json.loads(meta_path.read_text())["unreadable"]
 
-    log.info("Decoding %d images into the image cache %s", len(paths), array_path)
+    prepare_cache_dir(cache_dir)
     shape = (len(paths), image_size, image_size, 3)
     unreadable: list[int] = []
+    check_room(cache_dir, int(np.prod(shape)))  # before the file exists: a huge sparse file can fail oddly
     with replaced_whole(array_path) as partial:  # a killed build never leaves a complete-looking cache
         array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
+        reserve_space(partial, array.offset + array.nbytes, cache_dir)
+        log.info("Decoding %d images into the image cache %s", len(paths), array_path)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             sizes, filters = [image_size] * len(paths), [interpolation] * len(paths)
             decoded = pool.map(_decode_or_none, paths, sizes, filters, chunksize=64)
@@ -86,6 +92,46 @@ def build_image_cache(
     }
     write_text_whole(meta_path, json.dumps(meta))
     return array_path, unreadable
+
+
+def prepare_cache_dir(cache_dir: Path) -> None:
+    """Make data.cache_dir, and clear the partial caches of builds that died (a kill, a power cut)."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a regular file in the way, a read-only disk, no permission
+        raise FixableError(
+            f"data.cache_dir={cache_dir} cannot be made a folder ({error.strerror}: {error.filename}); "
+            "point data.cache_dir at a writable folder"
+        ) from None
+    remove_dead_partials(cache_dir, f".{CACHE_PREFIX}*{PARTIAL_SUFFIX}")
+
+
+def check_room(cache_dir: Path, size: int) -> None:
+    """Refuse, in one line, a cache of `size` bytes that the disk under `cache_dir` cannot hold."""
+    free = shutil.disk_usage(cache_dir).free
+    if free < size:
+        raise _no_room(cache_dir, size, free)
+
+
+def reserve_space(partial: Path, size: int, cache_dir: Path) -> None:
+    """Give the memory-mapped cache its disk blocks before writing: a sparse file on a full disk kills the
+    process with SIGBUS at the first page that cannot be backed, with no message."""
+    check_room(cache_dir, size)
+    with open(partial, "rb+") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, size)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):  # another writer took the room meanwhile
+                raise _no_room(cache_dir, size, shutil.disk_usage(cache_dir).free) from None
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # unsupported there: free was checked
+                raise
+
+
+def _no_room(cache_dir: Path, size: int, free: int) -> FixableError:
+    return FixableError(
+        f"data.cache_dir={cache_dir} has no room for the image cache: it needs {size:,} bytes and the disk "
+        f"has {free:,} bytes free; free space there or point data.cache_dir at a disk with room"
+    )
 
 
 Batch = tuple[torch.Tensor, ...]

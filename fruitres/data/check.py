@@ -15,7 +15,9 @@ import io
 import json
 import os
 import statistics
+import unicodedata
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +29,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from fruitres.data.download import find_dataset_root
-from fruitres.data.folders import SPLITS, DatasetLayoutError, is_image_file, list_class_names
+from fruitres.data.folders import (
+    DatasetLayoutError,
+    is_image_file,
+    list_class_names,
+    list_training_class_names,
+)
+from fruitres.data.images import check_pixel_count
 from fruitres.data.near_duplicates import DEFAULT_MAX_DISTANCE, difference_hash, near_duplicates
+from fruitres.data.splits import SPLIT_NAMES, resolve_split_folders
+from fruitres.errors import FixableError
 
-TRAIN, TEST = SPLITS
 SHOW = 10  # problem files listed by name in the table view (the JSON lists all)
 
 
@@ -57,6 +65,7 @@ def inspect_image(path: Path) -> ImageInfo:
     digest = hashlib.sha256(data).hexdigest()
     try:
         with Image.open(io.BytesIO(data)) as image:
+            check_pixel_count(path, image)  # before decoding: a small file can hold gigabytes of pixels
             image.load()
             return ImageInfo(digest, image.size, image.mode, None, difference_hash(image))
     except Exception as exc:  # PIL raises many types for broken files
@@ -68,7 +77,13 @@ def scan_split(split_dir: Path) -> tuple[dict[str, list[Path]], list[Path]]:
     images: dict[str, list[Path]] = {}
     ignored = [p for p in split_dir.iterdir() if not p.is_dir() or p.name.startswith(".")]
     for name in list_class_names(split_dir):
-        entries = sorted((split_dir / name).iterdir())
+        try:
+            entries = sorted((split_dir / name).iterdir())
+        except OSError as error:  # no permission, a broken network mount: reported, not a traceback
+            raise DatasetLayoutError(
+                f"{split_dir / name} cannot be listed ({error.strerror}); make it readable "
+                f"(chmod -R u+rX) or delete it"
+            ) from None
         images[name] = [p for p in entries if p.is_file() and is_image_file(p)]
         ignored += [p for p in entries if not (p.is_file() and is_image_file(p))]
     return images, sorted(ignored)
@@ -91,9 +106,18 @@ def inspect_all(paths: list[Path], workers: int | None = None) -> list[ImageInfo
     return results
 
 
-def check_dataset(root: Path, workers: int | None = None, near_distance: int | None = None) -> dict[str, Any]:
+def check_dataset(
+    root: Path,
+    workers: int | None = None,
+    near_distance: int | None = None,
+    splits: Mapping[str, Any] | None = None,
+    image_size: int = 100,
+) -> dict[str, Any]:
     """A JSON-serialisable report on `root`; `report["trainable"]` says whether it can be trained on.
-    With `near_distance`, also the Test images within that many hash bits of a Training image."""
+    The split folders are found by training's rule (`splits`: data.splits); the test folder, else the
+    validation folder, is the held-out one compared with training; `image_size` (data.image_size) sizes
+    the image cache. With `near_distance`, also the held-out
+    images within that many hash bits of a training image."""
     root = Path(root)
     errors: list[str] = []
     warnings: list[str] = []
@@ -101,28 +125,32 @@ def check_dataset(root: Path, workers: int | None = None, near_distance: int | N
     if not root.is_dir():
         errors.append(f"{root} is not a folder")
         return _finish(report)
-    missing = [split for split in SPLITS if not (root / split).is_dir()]
-    for split in missing:
-        errors.append(f"{root} has no {split}/ folder{_hint(root)}")
-    if missing:
+    try:
+        folders = resolve_split_folders(root, splits)
+    except FixableError as error:
+        errors.append(str(error))
         return _finish(report)
+    report["split_folders"] = {split: getattr(folders, split) for split in SPLIT_NAMES}
+    folder_names = [name for name in report["split_folders"].values() if name is not None]
+    train, test = _split_names(report)
 
     try:
-        scans = {split: scan_split(root / split) for split in SPLITS}
+        scans = {split: scan_split(root / split) for split in folder_names}
+        list_training_class_names(root / train)  # training's own rule: two classes or more
     except DatasetLayoutError as error:  # a folder that cannot be listed as classes
         errors.append(str(error))
         return _finish(report)
-    paths = [p for split in SPLITS for files in scans[split][0].values() for p in files]
+    paths = [p for split in folder_names for files in scans[split][0].values() for p in files]
     infos = dict(zip(paths, inspect_all(paths, workers), strict=True))
-    report["ignored"] = [_rel(p, root) + "/" * p.is_dir() for split in SPLITS for p in scans[split][1]]
+    report["ignored"] = [_rel(p, root) + "/" * p.is_dir() for split in folder_names for p in scans[split][1]]
     report["empty_files"] = [_rel(p, root) for p, i in infos.items() if i.error == "empty"]
     report["unreadable"] = [
         {"path": _rel(p, root), "error": i.error} for p, i in infos.items() if i.error not in (None, "empty")
     ]
-    report["splits"] = {split: _split_summary(scans[split][0], infos) for split in SPLITS}
-    for split in SPLITS:
+    report["splits"] = {split: _split_summary(scans[split][0], infos) for split in folder_names}
+    for split in folder_names:
         errors += _class_errors(split, scans[split][0], infos)
-    train_names, test_names = (set(scans[split][0]) for split in SPLITS)
+    train_names, test_names = (set(scans.get(split, ({}, []))[0]) for split in (train, test))
     report["only_in_training"] = sorted(train_names - test_names)
     report["only_in_test"] = sorted(test_names - train_names)
     formats = Counter((i.size, i.mode) for i in infos.values() if i.error is None)
@@ -130,19 +158,25 @@ def check_dataset(root: Path, workers: int | None = None, near_distance: int | N
         {"width": size[0], "height": size[1], "mode": mode, "count": n}
         for (size, mode), n in formats.most_common()
     ]
-    report["overlap"] = _overlap(scans[TRAIN][0], scans[TEST][0], infos, root)
+    report["image_sizes"] = _size_distribution([i.size for i in infos.values() if i.error is None])
+    report["cache"] = {"image_size": image_size, "bytes": report["image_sizes"]["images"] * image_size**2 * 3}
+    report["overlap"] = _overlap(scans[train][0], scans.get(test, ({}, []))[0], infos, root)
     report["single_image_classes"] = sorted(
-        name for name, files in scans[TRAIN][0].items() if sum(infos[p].error is None for p in files) == 1
+        name for name, files in scans[train][0].items() if sum(infos[p].error is None for p in files) == 1
     )
-    report["relabelled_copies"] = _relabelled_copies(scans[TRAIN][0], infos, root)
+    report["relabelled_copies"] = _relabelled_copies(scans[train][0], infos, root)
     if near_distance is not None:
         hashes = {path: info.dhash for path, info in infos.items()}
         report["near_duplicates"] = near_duplicates(
-            scans[TRAIN][0], scans[TEST][0], hashes, near_distance, name=lambda path: _rel(path, root)
+            scans[train][0],
+            scans.get(test, ({}, []))[0],
+            hashes,
+            near_distance,
+            name=lambda path: _rel(path, root),
         )
 
     if report["only_in_test"]:
-        errors.append(f"{TEST}/ has classes that {TRAIN}/ lacks: {', '.join(report['only_in_test'])}")
+        errors.append(f"{test}/ has classes that {train}/ lacks: {', '.join(report['only_in_test'])}")
     if paths and all(i.error for i in infos.values()):
         errors.append(f"none of the {len(paths)} images can be opened")
     warnings += _warnings(report, len(formats))
@@ -151,10 +185,16 @@ def check_dataset(root: Path, workers: int | None = None, near_distance: int | N
 
 def _warnings(report: dict[str, Any], n_formats: int) -> list[str]:
     """Problems that still allow training."""
+    train, test = _split_names(report)
     warnings = []
+    if report["split_folders"]["test"] is None:
+        warnings.append(
+            "no test folder: train with data.test_fraction=0.1 (a share of training) or test=false"
+        )
+    warnings += _nested_and_look_alike(report)
     if report["only_in_training"]:
         names = report["only_in_training"]
-        warnings.append(f"classes only in {TRAIN}/, never tested ({len(names)}): {_some(names)}")
+        warnings.append(f"classes only in {train}/, never tested ({len(names)}): {_some(names)}")
     if report["empty_files"]:
         warnings.append(f"{len(report['empty_files'])} image files are empty (0 bytes); delete them")
     if report["unreadable"]:
@@ -164,23 +204,53 @@ def _warnings(report: dict[str, Any], n_formats: int) -> list[str]:
     overlap = report["overlap"]
     if overlap["in_training"]:
         warnings.append(
-            f"{overlap['in_training']} of {overlap['test_images']} {TEST} images ({overlap['percent']}%) are "
-            f"exact copies of {TRAIN} images, so test accuracy is optimistic"
+            f"{overlap['in_training']} of {overlap['test_images']} {test} images ({overlap['percent']}%) are "
+            f"exact copies of {train} images, so test accuracy is optimistic"
         )
     if report["single_image_classes"]:
         names = report["single_image_classes"]
         warnings.append(
-            f"{len(names)} classes have one readable {TRAIN} image, so none of it validates: {_some(names)}"
+            f"{len(names)} classes have one readable {train} image, so none of it validates: {_some(names)}"
         )
     if report["relabelled_copies"]:
         first = report["relabelled_copies"][0]
         warnings.append(
-            f"{len(report['relabelled_copies'])} identical images sit in several {TRAIN} classes "
+            f"{len(report['relabelled_copies'])} identical images sit in several {train} classes "
             f"(label noise), e.g. {', '.join(first)}; keep each in its right class only"
         )
     if overlap["cross_class"]:
         warnings.append(f"{overlap['cross_class']} identical images carry different labels in the two splits")
     return warnings
+
+
+def _nested_and_look_alike(report: dict[str, Any]) -> list[str]:
+    """Images in sub-folders of a class folder (training reads only the class folder itself), and class
+    names that differ only in their Unicode form (NFC/NFD: they print alike but are two classes)."""
+    root = Path(report["root"])
+    nested = [
+        path
+        for ignored in report["ignored"]
+        if ignored.endswith("/") and len(Path(ignored).parts) > 2  # <split>/<class>/<sub-folder>/
+        for path in sorted((root / ignored).rglob("*"))
+        if path.is_file() and is_image_file(path)
+    ]
+    found = []
+    if nested:
+        found.append(
+            f"{len(nested)} images sit in sub-folders of class folders and are left out of training, e.g. "
+            f"{_rel(nested[0], root)}; move them up into their class folder"
+        )
+    names: dict[str, list[str]] = defaultdict(list)
+    for name in {name for split in report["splits"].values() for name in split["per_class"]}:
+        names[unicodedata.normalize("NFC", name)].append(name)
+    twins = [sorted(group) for group in names.values() if len(group) > 1]
+    if twins:
+        found.append(
+            f"class names that differ only in their Unicode form (NFC/NFD) print alike but are separate "
+            f"classes: {' and '.join(ascii(name) for name in twins[0])}; rename them to one form "
+            "(convmv -r -f utf8 -t utf8 --nfc --notest <folder>)"
+        )
+    return found
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -255,12 +325,39 @@ def _relabelled_copies(
     ]
 
 
-def _hint(root: Path) -> str:
-    """Where the dataset seems to be when `root` is a folder above it."""
-    try:
-        return f"; did you mean {find_dataset_root(root)}?"
-    except DatasetLayoutError:
-        return ""
+def _size_distribution(sizes: list[tuple[int, int]]) -> dict[str, Any]:
+    """Width and height (min, median, max) and aspect ratio (min, max) of the readable images."""
+    if not sizes:
+        return {"images": 0}
+    widths, heights = [w for w, _ in sizes], [h for _, h in sizes]
+    ratios = [w / h for w, h in sizes]
+    return {
+        "images": len(sizes),
+        "width": [min(widths), statistics.median(widths), max(widths)],
+        "height": [min(heights), statistics.median(heights), max(heights)],
+        "aspect_ratio": [round(min(ratios), 3), round(max(ratios), 3)],
+        "not_square": sum(w != h for w, h in sizes),
+    }
+
+
+def _sizes_line(report: dict[str, Any]) -> str:
+    """The size distribution and the image cache's disk size, in one line."""
+    sizes, cache = report["image_sizes"], report["cache"]
+    text = f"Image cache at {cache['image_size']} px: {cache['bytes'] / 1e6:,.1f} MB on disk (data.cache_dir)"
+    if not sizes["images"]:
+        return text
+    (w_min, w_mid, w_max), (h_min, h_mid, h_max) = sizes["width"], sizes["height"]
+    return (
+        f"Widths {w_min}-{w_max} (median {w_mid:g}), heights {h_min}-{h_max} (median {h_mid:g}), aspect "
+        f"ratios {sizes['aspect_ratio'][0]}-{sizes['aspect_ratio'][1]}, {sizes['not_square']} not square "
+        f"(the shorter side is resized, the longer centre-cropped). {text}"
+    )
+
+
+def _split_names(report: dict[str, Any]) -> tuple[str, str]:
+    """The training folder's name and the held-out one's (test, else validation), as the report shows them."""
+    folders = report.get("split_folders") or {"train": "train", "val": None, "test": None}
+    return folders["train"], folders["test"] or folders["val"] or "test"
 
 
 def _some(names: list[str], limit: int = 5) -> str:
@@ -280,6 +377,7 @@ def _finish(report: dict[str, Any]) -> dict[str, Any]:
 
 def render(report: dict[str, Any], console: Console, per_class: bool = False) -> None:
     """Print the report as tables a person can read; folder and file names literally, never as markup."""
+    train, test = _split_names(report)
     console.print(Text.assemble(("Dataset check:", "bold"), f" {report['root']}"))
     if "splits" in report:
         _render_counts(report, console, per_class)
@@ -287,15 +385,16 @@ def render(report: dict[str, Any], console: Console, per_class: bool = False) ->
         for f in report["image_formats"]:
             formats.add_row(f"{f['width']}x{f['height']}", f["mode"], str(f["count"]))
         console.print(formats)
+        console.print(_sizes_line(report), markup=False, highlight=False)
         o = report["overlap"]
         console.print(
-            f"{TEST}/{TRAIN} exact-duplicate overlap: {o['in_training']} of {o['test_images']} {TEST} images "
-            f"({o['percent']}%) also appear byte-for-byte in {TRAIN}/"
+            f"{test}/{train} exact-duplicate overlap: {o['in_training']} of {o['test_images']} {test} images "
+            f"({o['percent']}%) also appear byte-for-byte in {train}/"
         )
         for p in o["pairs"][:SHOW]:
             console.print(f"  {p['test']} = {p['training'][0]}", markup=False, highlight=False)
         if "near_duplicates" in report:
-            _render_near_duplicates(report["near_duplicates"], console)
+            _render_near_duplicates(report, console)
         _render_files("unreadable", [f"{u['path']} ({u['error']})" for u in report["unreadable"]], console)
         _render_files("empty (0 bytes)", report["empty_files"], console)
         _render_files("ignored (not images)", report["ignored"], console)
@@ -309,6 +408,7 @@ def render(report: dict[str, Any], console: Console, per_class: bool = False) ->
 
 def _render_counts(report: dict[str, Any], console: Console, per_class: bool) -> None:
     """Split summary table and, optionally, images per class."""
+    train, test = _split_names(report)
     table = Table("split", "classes", "images", "readable", "per class (min / median / max)", title="Splits")
     table.title_justify = "left"
     for split, s in report["splits"].items():
@@ -317,23 +417,30 @@ def _render_counts(report: dict[str, Any], console: Console, per_class: bool) ->
         table.add_row(split, str(s["classes"]), str(s["images"]), str(s["readable"]), spread)
     console.print(table)
     if per_class:
-        classes = Table("class", *SPLITS, title="Images per class", title_justify="left")
+        folder_names = list(report["splits"])
+        classes = Table("class", *folder_names, title="Images per class", title_justify="left")
         names = sorted({name for s in report["splits"].values() for name in s["per_class"]})
         for name in names:
             classes.add_row(
-                Text(name), *(str(report["splits"][split]["per_class"].get(name, "-")) for split in SPLITS)
+                Text(name),
+                *(str(report["splits"][split]["per_class"].get(name, "-")) for split in folder_names),
             )
         console.print(classes)
-    for key, label in (("only_in_training", f"only in {TRAIN}/"), ("only_in_test", f"only in {TEST}/")):
+    for key, label in (
+        ("only_in_training", f"only in {train}/"),
+        ("only_in_test", f"only in {test}/"),
+    ):
         if report[key]:
             console.print(f"Classes {label}: {', '.join(report[key])}", markup=False, highlight=False)
 
 
-def _render_near_duplicates(near: dict[str, Any], console: Console) -> None:
+def _render_near_duplicates(report: dict[str, Any], console: Console) -> None:
+    train, test = _split_names(report)
+    near = report["near_duplicates"]
     spread = ", ".join(f"{count} at {bits}" for bits, count in near["by_distance"].items())
     console.print(
-        f"{TEST}/{TRAIN} near duplicates: {near['with_near_twin']} of {near['test_images']} {TEST} images "
-        f"({near['percent']}%) have a {TRAIN}/ image of their class within {near['max_distance']} of 64 "
+        f"{test}/{train} near duplicates: {near['with_near_twin']} of {near['test_images']} {test} images "
+        f"({near['percent']}%) have a {train}/ image of their class within {near['max_distance']} of 64 "
         f"perceptual-hash bits ({spread})",
         highlight=False,
     )
@@ -359,10 +466,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fruitres.data.check", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("root", type=Path, help="folder holding Training/ and Test/")
+    parser.add_argument(
+        "root", type=Path, help="folder holding the split folders (docs/data.md#folder-layouts)"
+    )
+    for split in SPLIT_NAMES:
+        parser.add_argument(f"--{split}", metavar="FOLDER", help=f"the {split} folder (data.splits.{split})")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--per-class", action="store_true", help="also list the image count of every class")
     parser.add_argument("--workers", type=int, default=None, help="threads opening images")
+    parser.add_argument(
+        "--image-size", type=int, default=100, help="data.image_size: sizes the image cache (default 100)"
+    )
     parser.add_argument(
         "--near-duplicates",
         type=int,
@@ -373,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         f"bits (default {DEFAULT_MAX_DISTANCE})",
     )
     args = parser.parse_args(argv)
-    report = check_dataset(args.root, args.workers, args.near_duplicates)
+    splits = {split: getattr(args, split) for split in SPLIT_NAMES}
+    report = check_dataset(args.root, args.workers, args.near_duplicates, splits, args.image_size)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -17,14 +17,16 @@ from torch.utils.data import DataLoader, RandomSampler
 from fruitres.data.cache import CachedImages, build_image_cache, collate_batch
 from fruitres.data.classes import ClassList, ClassSelection, take_per_class
 from fruitres.data.embedded import write_embedded_dataset
-from fruitres.data.folders import DatasetLayoutError, list_class_names, list_samples
+from fruitres.data.folders import DatasetLayoutError, list_samples, list_training_class_names
+from fruitres.data.groups import check_val_split, split_by_group
 from fruitres.data.loaders import evaluation_sampler, loader_start_method
 from fruitres.data.preprocessing import resolve_preprocessing
+from fruitres.data.splits import SplitFolders, resolve_split_folders
+from fruitres.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("skip", "error")
-SPLIT_FOLDERS = {"train": "Training", "val": "Training", "test": "Test"}  # the folder of each split's files
 
 
 def default_num_workers() -> int:
@@ -39,8 +41,10 @@ def default_num_workers() -> int:
     return min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val): `val_fraction` of every class, chosen by a seeded shuffle."""
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, seed: int | tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out): `val_fraction` of every class held out, chosen by a seeded shuffle."""
     rng = np.random.default_rng(seed)
     train, val = [], []
     for label in np.unique(labels):
@@ -54,14 +58,18 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
 
 class Fruits360DataModule(LightningDataModule):
-    """Training/ and Test/ class folders; validation is a stratified split of Training/.
+    """Class folders under the split folders that `data.splits` names or finds (fruitres/data/splits.py).
 
-    The class list comes from Training/ and labels every split, so a class missing from Test/ cannot
-    shift labels. Images are decoded once into a uint8 cache; batches travel as uint8 and are
+    Validation is the validation folder, else a stratified split of the training folder; the test set is
+    the test folder, else (`data.test_fraction`) a stratified split of the training folder. The class list
+    comes from the training folder and labels every split, so a class missing elsewhere cannot shift
+    labels. Images are decoded once into a uint8 cache; batches travel as uint8 and are
     augmented (training only) and normalised on the device, in `on_after_batch_transfer`. A null
     image_size, mean, std or interpolation is the backbone's own (`backbone_data`), and the
     hyperparameters hold the resolved values.
     """
+
+    needs_training_folder = True
 
     def __init__(
         self,
@@ -73,6 +81,10 @@ class Fruits360DataModule(LightningDataModule):
         classes: ClassList = None,
         exclude_classes: ClassList = None,
         val_fraction: float = 0.1,
+        val_split: str = "by_image",
+        splits: Mapping[str, Any] | None = None,
+        test_fraction: float | None = None,
+        test_required: bool = True,
         train_per_class: int | None = None,
         split_seed: int = 42,
         batch_size: int = 64,
@@ -99,17 +111,29 @@ class Fruits360DataModule(LightningDataModule):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.datasets: dict[str, CachedImages] = {}
-        self.split_paths: dict[str, list[Path]] = {}  # by split folder; a dataset's rows index into it
+        self.split_paths: dict[str, list[Path]] = {}  # by split; a dataset's rows index into it
+        self.split_sources: dict[str, str] = {}  # each split's source, for the run record
+        self._folders: SplitFolders | None = None
+
+    @property
+    def folders(self) -> SplitFolders:
+        """The folder of each split: data.splits, or found among the usual spellings (logged once)."""
+        if self._folders is None:
+            self._folders = resolve_split_folders(self.root, self.hparams.splits, self.needs_training_folder)
+            if self._folders.val is not None and self.hparams.val_fraction:
+                log.warning(
+                    "data.val_fraction=%s is ignored: %s/ is the validation set (data.splits.val=false "
+                    "splits the training folder instead)",
+                    self.hparams.val_fraction,
+                    self._folders.val,
+                )
+        return self._folders
 
     @property
     def class_names(self) -> list[str]:
-        """The classes this run uses: the Training/ folders that data.classes / exclude_classes select."""
-        names = list_class_names(self.root / "Training")
-        if not names:
-            raise DatasetLayoutError(
-                f"{self.root / 'Training'} has no class folders; see docs/data.md#getting-fruits-360"
-            )
-        return self.selection.apply(names)
+        """The classes this run uses: the training folders that data.classes / exclude_classes select."""
+        train_dir = self.folders.path(self.root, "train")
+        return self.selection.apply(list_training_class_names(train_dir))
 
     @property
     def num_classes(self) -> int:
@@ -121,33 +145,82 @@ class Fruits360DataModule(LightningDataModule):
             write_embedded_dataset(
                 self.root, image_size=self.hparams.image_size, **(self.hparams.embedded or {})
             )
-        elif not (self.root / "Training").is_dir():
+        elif not self.root.is_dir():
             raise DatasetLayoutError(
-                f"data.data_dir={self.root} has no Training/ folder; pass the folder that holds Training/ "
-                "and Test/ (python -m fruitres.data.download prints it), or drop data.data_dir to use the "
-                "embedded data"
+                f"data.data_dir={self.root} is not a folder; pass the folder that holds the split folders "
+                "(python -m fruitres.data.download prints it), or drop data.data_dir to use the embedded data"
+            )
+        self.check_split_settings()
+
+    def check_split_settings(self) -> None:
+        """A test set must come from somewhere if the run tests, and from one place only."""
+        folders, hparams = self.folders, self.hparams
+        if hparams.test_fraction is not None and not 0 < hparams.test_fraction < 1:
+            raise ConfigError(
+                f"data.test_fraction={hparams.test_fraction} is not between 0 and 1; e.g. 0.1, or null"
+            )
+        if folders.test is None and hparams.test_fraction is None and hparams.test_required:
+            raise DatasetLayoutError(
+                f"{self.root} has no test folder (Test/ or test/); set data.test_fraction=0.1 to hold out "
+                "a seeded share of training, data.splits.test=<folder>, or test=false"
+            )
+        if folders.test is not None and hparams.test_fraction is not None:
+            raise ConfigError(
+                f"data.test_fraction={hparams.test_fraction} and the test folder {folders.test}/ both give a "
+                "test set; drop data.test_fraction or set data.splits.test=false"
             )
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         class_to_idx = {name: index for index, name in enumerate(self.class_names)}
-        train_all = self._cached_split("Training", class_to_idx)
+        train_all, rest, test = self._training_folder_splits(class_to_idx)
         labels = train_all.labels.numpy()
-        train_idx, val_idx = stratified_split(labels, self.hparams.val_fraction, self.hparams.split_seed)
+        seed = self.hparams.split_seed
+        if self.folders.val is None:
+            if check_val_split(self.hparams.val_split) == "by_group":  # near twins on one side
+                paths = [self.split_paths["train"][row] for row in train_all.rows[rest].tolist()]
+                kept, val_rows = split_by_group(
+                    paths, labels[rest], self.hparams.val_fraction, seed, self.hparams.cache_dir
+                )
+            else:
+                kept, val_rows = stratified_split(labels[rest], self.hparams.val_fraction, seed)
+            train_idx, val = rest[kept], _subset(train_all, rest[val_rows])
+            self._note_source("val", "train", f"data.val_fraction={self.hparams.val_fraction}")
+        else:
+            train_idx, val = rest, self._cached_split("val", class_to_idx)
         # after the validation split: runs with any train_per_class validate on the same images
-        train_idx = train_idx[
-            take_per_class(labels[train_idx], self.hparams.train_per_class, self.hparams.split_seed)
-        ]
-        self.datasets = {
-            "train": _subset(train_all, train_idx),
-            "val": _subset(train_all, val_idx),
-            "test": self._cached_split("Test", class_to_idx),
-        }
+        train_idx = train_idx[take_per_class(labels[train_idx], self.hparams.train_per_class, seed)]
+        self.datasets = {"train": _subset(train_all, train_idx), "val": val}
+        if test is not None:
+            self.datasets["test"] = test
+
+    def _training_folder_splits(
+        self, class_to_idx: dict[str, int]
+    ) -> tuple[CachedImages, np.ndarray, CachedImages | None]:
+        """The training folder's images, the rows left for training and validation, and the test set: the
+        test folder's, a seeded stratified `data.test_fraction` of training, or None (test=false)."""
+        train_all = self._cached_split("train", class_to_idx)
+        rows = np.arange(len(train_all))
+        if self.folders.test is not None:
+            return train_all, rows, self._cached_split("test", class_to_idx)
+        if self.hparams.test_fraction is None:
+            return train_all, rows, None
+        # a seed of its own: the validation split of what is left must not mirror this draw
+        rest, test_rows = stratified_split(
+            train_all.labels.numpy(), self.hparams.test_fraction, (self.hparams.split_seed, 1)
+        )
+        self._note_source("test", "train", f"data.test_fraction={self.hparams.test_fraction}")
+        return train_all, rest, _subset(train_all, test_rows)
+
+    def _note_source(self, split: str, folder_split: str, share: str | None = None) -> None:
+        folder = getattr(self.folders, folder_split)
+        self.split_sources[split] = f"{folder}/" + (f" ({share})" if share else "")
+        self.split_paths.setdefault(split, self.split_paths[folder_split])
 
     def image_paths(self, split: str) -> list[Path]:
         """The files of `split` (train, val or test), in the order of its dataset's rows."""
-        folder_paths = self.split_paths[SPLIT_FOLDERS[split]]
+        folder_paths = self.split_paths[split]
         return [folder_paths[row] for row in self.datasets[split].rows.tolist()]
 
     def swap_datasets(self, datasets: dict[str, CachedImages]) -> dict[str, CachedImages]:
@@ -158,9 +231,12 @@ class Fruits360DataModule(LightningDataModule):
         return replaced
 
     def _cached_split(self, split: str, class_to_idx: dict[str, int]) -> CachedImages:
-        samples = list_samples(self.root / split, class_to_idx, skip=self.selection.leaves_out)
+        """The images of `split`'s own folder (train, val or test), decoded into the image cache."""
+        split_dir = self.folders.path(self.root, split)
+        samples = list_samples(split_dir, class_to_idx, skip=self.selection.leaves_out)
         paths = [path for path, _ in samples]
         self.split_paths[split] = paths
+        self.split_sources[split] = f"{getattr(self.folders, split)}/"
         array_path, unreadable = build_image_cache(
             paths,
             self.hparams.image_size,
@@ -172,7 +248,7 @@ class Fruits360DataModule(LightningDataModule):
             more = f" and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""
             if self.hparams.on_bad_image == "error":
                 raise DatasetLayoutError(
-                    f"{len(unreadable)} unreadable image(s) in {self.root / split}: {names}{more}; "
+                    f"{len(unreadable)} unreadable image(s) in {split_dir}: {names}{more}; "
                     "remove them or set data.on_bad_image=skip"
                 )
             log.warning("Skipping %d unreadable image(s) in %s: %s%s", len(unreadable), split, names, more)

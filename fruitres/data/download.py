@@ -1,9 +1,11 @@
-"""Download and unpack the Fruits-360 100x100 dataset: ``python -m fruitres.data.download``.
+"""Download and unpack a Fruits-360 release: ``python -m fruitres.data.download [--release ...]``.
 
-Streams the GitHub archive of https://github.com/fruits-360/fruits-360-100x100 to ``<dest>/<name>.part``
-(resuming a partial file with an HTTP Range request), checks its size and sha256, extracts it while
-refusing unsafe members, finds the folder holding ``Training/`` and ``Test/`` and prints the Hydra
-override that points training at it.
+Streams the GitHub archive of the release's repository (``--release 100x100``, the default:
+https://github.com/fruits-360/fruits-360-100x100; ``--release original-size``:
+https://github.com/fruits-360/fruits-360-original-size) to ``<dest>/<name>.part`` (resuming a partial file
+with an HTTP Range request), checks its size and sha256, extracts it while refusing unsafe members, finds
+the folder holding the split folders (``Training/ [Validation/] Test/``), prints which folder feeds each
+split and the Hydra override that points training at it.
 """
 
 from __future__ import annotations
@@ -30,9 +32,18 @@ from urllib.parse import urlparse
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from fruitres.data.folders import SPLITS, DatasetLayoutError
+from fruitres.data.folders import DatasetLayoutError
+from fruitres.data.splits import find_dataset_root, resolve_split_folders
 
-REPO = "fruits-360/fruits-360-100x100"
+GITHUB = "https://github.com"
+# The repositories the Fruits-360 authors publish, by release: 100x100 has Training/ Test/ of 100x100
+# images; original-size has Training/ Validation/ Test/ of images of varying sizes, larger than 100x100.
+RELEASES = {
+    "100x100": "fruits-360/fruits-360-100x100",
+    "original-size": "fruits-360/fruits-360-original-size",
+}
+DEFAULT_RELEASE = "100x100"
+REPO = RELEASES[DEFAULT_RELEASE]
 DEFAULT_VERSION = "main"
 # GitHub serves both branches and tags at archive/<ref>.zip (redirecting to codeload.github.com).
 URL_TEMPLATE = "https://github.com/" + REPO + "/archive/{version}.zip"
@@ -40,48 +51,28 @@ URL_TEMPLATE = "https://github.com/" + REPO + "/archive/{version}.zip"
 # such as `main`: GitHub regenerates a branch archive whenever the branch moves, so no hash is stable.
 KNOWN_SHA256: dict[str, str] = {}
 CHUNK = 1 << 20
-SEARCH_DEPTH = 3
 
 
 class DownloadError(Exception):
     """A failure the user can act on; its message is one sentence."""
 
 
-def archive_name(url: str, version: str) -> str:
-    """File name of the downloaded archive: the URL's last path component, or one made from the version."""
-    if url == URL_TEMPLATE.format(version=version):
-        return f"fruits-360-100x100-{_safe_name(version)}.zip"
+def release_url(release: str, version: str) -> str:
+    """The GitHub archive URL of `release` at branch or tag `version`."""
+    return f"{GITHUB}/{RELEASES[release]}/archive/{version}.zip"
+
+
+def archive_name(url: str, version: str, release: str = DEFAULT_RELEASE) -> str:
+    """File name of the downloaded archive: the URL's last path component, or one made from the release
+    and version when `url` is the release's own."""
+    if url == release_url(release, version):
+        return f"{PurePosixPath(RELEASES[release]).name}-{_safe_name(version)}.zip"
     return _safe_name(PurePosixPath(urlparse(url).path).name) or "fruits-360-archive"
 
 
 def _safe_name(text: str) -> str:
     """`text` reduced to a plain, visible file name (possibly empty)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).lstrip(".")
-
-
-def find_dataset_root(path: Path, max_depth: int = SEARCH_DEPTH) -> Path:
-    """The shallowest folder at most `max_depth` levels below `path` that holds both Training/ and Test/."""
-    path = Path(path)
-    if not path.is_dir():
-        raise DatasetLayoutError(f"{path} is not a folder")
-    level = [path]
-    for _ in range(max_depth + 1):
-        for folder in level:
-            if all((folder / split).is_dir() for split in SPLITS):
-                return folder.resolve()
-        level = [sub for folder in level for sub in _subfolders(folder)]
-    raise DatasetLayoutError(
-        f"no folder holding both {SPLITS[0]}/ and {SPLITS[1]}/ within {max_depth} levels of {path}; "
-        "set data.data_dir to the folder that holds them"
-    )
-
-
-def _subfolders(folder: Path) -> list[Path]:
-    """Sorted visible sub-folders (symlinked ones too: the depth limit stops loops)."""
-    try:
-        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
-        return []
 
 
 # ---------------------------------------------------------------------------------------------- download
@@ -298,8 +289,9 @@ def prepare(
     sha256: str | None = None,
     keep_archive: bool = False,
     timeout: float = 60.0,
+    release: str = DEFAULT_RELEASE,
 ) -> Path:
-    """Make sure `dest` holds an extracted Fruits-360 tree and return the folder with Training/ and Test/."""
+    """Make sure `dest` holds an extracted Fruits-360 tree and return the folder with the split folders."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
         root = find_dataset_root(dest)
@@ -308,8 +300,8 @@ def prepare(
     else:
         print(f"{dest} already holds the dataset at {root}; nothing to download (delete it to redo).")
         return root
-    url = url or URL_TEMPLATE.format(version=version)
-    archive = dest / archive_name(url, version)
+    url = url or release_url(release, version)
+    archive = dest / archive_name(url, version, release)
     expected = sha256 or KNOWN_SHA256.get(version)
     if archive.exists():
         verify_sha256(archive, expected)
@@ -331,10 +323,18 @@ def prepare(
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
-        prog="python -m fruitres.data.download", description="Download and unpack Fruits-360 (100x100)."
+        prog="python -m fruitres.data.download", description="Download and unpack a Fruits-360 release."
     )
     parser.add_argument(
-        "--version", default=DEFAULT_VERSION, help=f"branch or tag of github.com/{REPO} (%(default)s)"
+        "--release",
+        choices=list(RELEASES),
+        default=DEFAULT_RELEASE,
+        help="which Fruits-360 release: "
+        + ", ".join(f"{r} (github.com/{RELEASES[r]})" for r in RELEASES)
+        + " (%(default)s)",
+    )
+    parser.add_argument(
+        "--version", default=DEFAULT_VERSION, help="branch or tag of its repository (%(default)s)"
     )
     parser.add_argument("--dest", type=Path, default=Path("data"), help="folder to put it in (%(default)s)")
     parser.add_argument("--url", help="download this archive (zip or tar.gz) instead of the GitHub one")
@@ -348,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the download; print the `data.data_dir=` override, or one error line on stderr."""
     args = parse_args(argv)
     try:
-        root = prepare(args.dest, args.version, args.url, args.sha256, args.keep_archive, args.timeout)
+        root = prepare(
+            args.dest, args.version, args.url, args.sha256, args.keep_archive, args.timeout, args.release
+        )
+        folders = resolve_split_folders(root, None)
     except (DownloadError, DatasetLayoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -361,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    print(f"Fruits-360 is ready in {root}. Train on it with the override:")
+    print(
+        f"Fruits-360 is ready in {root} (split folders: {folders.describe()}). Train on it with the override:"
+    )
     print(f"data.data_dir={root}")
     return 0
 

@@ -3,6 +3,7 @@ evaluation, prediction and the exported model's documented preprocessing (`decod
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,33 @@ INTERPOLATIONS = {
 }
 
 
+# Images above Pillow's decompression-bomb limit are refused by `check_pixel_count` with one line naming the
+# file, before a pixel is decoded; Pillow's own warning about them would only repeat it in its words.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class ImageTooLarge(ValueError):
+    """An image with more pixels than Pillow's Image.MAX_IMAGE_PIXELS: decoding it could take gigabytes."""
+
+
+def check_pixel_count(path: str | Path, image: Image.Image) -> None:
+    """Raise ImageTooLarge for an image above Image.MAX_IMAGE_PIXELS (a 17 KB PNG can hold 144 M pixels)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and image.width * image.height > limit:
+        raise ImageTooLarge(
+            f"{path} is {image.width}×{image.height} = {image.width * image.height:,} pixels, more than the "
+            f"{limit:,} decoded at most (PIL.Image.MAX_IMAGE_PIXELS); shrink it or remove it"
+        )
+
+
 def decoding_rule(interpolation: str) -> str:
     """`decode_image` in words, for tools outside this package (model.json's `preprocessing.decoding`)."""
     return (
         "Pillow: Image.open, ImageOps.exif_transpose, 16-bit greyscale scaled to 8 bits (value / 257, "
         "rounded), transparency composited over white, convert('RGB'), then Image.resize((image_size, "
-        f"image_size), Image.Resampling.{INTERPOLATIONS[interpolation].name}) unless the image already has "
-        "that size"
+        f"image_size), Image.Resampling.{INTERPOLATIONS[interpolation].name}, box=the centred square of side "
+        "min(width, height)) unless the image already has that size: the shorter side scaled to image_size "
+        "and the longer one centre-cropped, never stretched"
     )
 
 
@@ -53,7 +74,17 @@ def decode_image(path: str | Path, image_size: int, interpolation: str = "biline
     """Decode one file to a (image_size, image_size, 3) uint8 array by `decoding_rule`; PIL raises on bad
     files. `interpolation` names the resizing filter (a key of INTERPOLATIONS)."""
     with Image.open(path) as image:
+        check_pixel_count(path, image)
         rgb = to_rgb(image)
         if rgb.size != (image_size, image_size):
-            rgb = rgb.resize((image_size, image_size), INTERPOLATIONS[interpolation])
+            rgb = rgb.resize((image_size, image_size), INTERPOLATIONS[interpolation], box=centre_square(rgb))
         return np.asarray(rgb, dtype=np.uint8)
+
+
+def centre_square(image: Image.Image) -> tuple[float, float, float, float]:
+    """The centred square of side min(width, height): resized alone, it keeps the aspect ratio of any image
+    (the shorter side to image_size, the longer one centre-cropped), as torchvision's Resize + CenterCrop."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return (left, top, left + side, top + side)

@@ -1,4 +1,4 @@
-"""The Test/ split of a data folder, labelled with the classes a checkpoint was trained on (for eval)."""
+"""The test split of a data folder, labelled with the classes a checkpoint was trained on (for eval)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointTestSet(Fruits360DataModule):
-    """The Test/ split of a data folder, labelled with the class list a checkpoint was trained on.
+    """The test split of a data folder, labelled with the class list a checkpoint was trained on.
 
-    Training/ is not needed. A Test/ class the checkpoint does not know is an error naming it, never
-    relabelled; a known class without test images only leaves its row of the report empty.
+    The test folder is found by the training rule (data.splits, fruitres/data/splits.py); where the run
+    held out `data.test_fraction` of training instead, the same seeded share of the training folder. A
+    test class the checkpoint does not know is an error naming it, never relabelled; a known class without
+    test images only leaves its row of the report empty.
     """
+
+    needs_training_folder = False
 
     def __init__(self, class_names: Sequence[str], **hparams: Any) -> None:
         super().__init__(**hparams)
@@ -30,11 +34,14 @@ class CheckpointTestSet(Fruits360DataModule):
     def prepare_data(self) -> None:
         if self.embedded:
             super().prepare_data()
-        test_dir = self.root / "Test"
-        if not test_dir.is_dir():
-            raise DatasetLayoutError(
-                f"data.data_dir={self.root} has no Test/ folder; pass the folder holding Test/<Class>/*.jpg"
-            )
+        if self.folders.test is None:
+            if self.hparams.test_fraction is None or self.folders.train is None:
+                raise DatasetLayoutError(
+                    f"data.data_dir={self.root} has no test folder (Test/ or test/); pass the folder holding "
+                    "one, or name it with +data.splits.test=<folder>"
+                )
+            return  # the held-out share of the training folder, whose classes trained the checkpoint
+        test_dir = self.folders.path(self.root, "test")
         found = list_class_names(test_dir)
         unknown = [n for n in found if n not in self.class_names and not self.selection.leaves_out(n)]
         if unknown:
@@ -52,4 +59,7 @@ class CheckpointTestSet(Fruits360DataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
             class_to_idx = {name: index for index, name in enumerate(self.class_names)}
-            self.datasets = {"test": self._cached_split("Test", class_to_idx)}
+            if self.folders.test is not None:
+                self.datasets = {"test": self._cached_split("test", class_to_idx)}
+            else:
+                self.datasets = {"test": self._training_folder_splits(class_to_idx)[2]}

@@ -26,7 +26,7 @@ from fruitres.models.backbone import (
     head_parameters,
     no_weight_decay_patterns,
 )
-from fruitres.models.schedules import max_time_fraction
+from fruitres.models.schedules import max_time_fraction, planned_length
 from fruitres.models.tta import tta_log_probs
 
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.05}
@@ -97,7 +97,7 @@ class FruitClassifier(LightningModule):
         scheduler = _plain(scheduler)
         mix = _plain(mix)
         class_names = list(class_names) if class_names is not None else None
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # loggers get the run's curated set (run/hparams.py)
         self.net = build_backbone(arch, num_classes, weights, weights_path, image_size)
         self.stages: list[Stage] = backbone_stages(self.net)  # a plain list: views, not submodules
         check_frozen_stages(arch, frozen_stages, [stage.name for stage in self.stages])
@@ -293,5 +293,8 @@ class FruitClassifier(LightningModule):
             if self.hparams.scheduler.get("fit_to_max_time")
             else {}
         )
-        scheduler = make_scheduler(optimizer, total_steps=self.trainer.estimated_stepping_batches, **clock)
+        length = planned_length(self.trainer)  # the time budget's plan (callbacks/time_budget.py)
+        plan = {"length": length} if length is not None else {}
+        total_steps = self.trainer.estimated_stepping_batches
+        scheduler = make_scheduler(optimizer, total_steps=total_steps, **clock, **plan)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

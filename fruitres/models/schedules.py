@@ -1,15 +1,21 @@
 """Learning-rate schedules built from the run's total number of optimizer steps, or fitted to its time budget.
 
-With `fit_to_max_time=true` and `trainer.max_time` set, a schedule's position is the further of the step
-count and the clock (elapsed / max_time of the training time, which checkpoints keep across a resume), so
-the learning rate reaches its end when the time does on a machine too slow for `max_epochs`, instead of
-being cut mid-way at a high rate; on a fast machine the steps end it first, as without the option.
+With `trainer.max_time` set, the run plans its length from the speed of its first steps
+(callbacks/time_budget.py) and a schedule follows that plan (`ScheduleLength`): from the step the plan is
+made at, it is stretched or compressed so that it ends at the planned last step, on a fast machine (more
+epochs than `max_epochs`) as on a slow one (fewer).
+
+With `fit_to_max_time=true` and `trainer.max_time` set, a schedule's position is also the further of that
+and the clock (elapsed / max_time of the training time, which checkpoints keep across a resume): a safety
+net, so that the learning rate reaches its end when the time does on a machine that slows down after the
+plan (or without one, `callbacks.time_budget=null`), instead of being cut mid-way at a high rate.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -33,11 +39,45 @@ def max_time_fraction(trainer: L.Trainer) -> TimeFraction | None:
     return fraction
 
 
-def _schedule_step(total_steps: int, time_fraction: TimeFraction | None) -> Callable[[int], int]:
-    """Optimizer step → the schedule's step: the same, or further where the clock has gone further."""
-    if time_fraction is None:
-        return lambda step: step
-    return lambda step: min(total_steps, max(step, math.floor(time_fraction() * total_steps)))
+@dataclass
+class ScheduleLength:
+    """Where the run ends, in optimizer steps, once a time-budget plan made at step `planned_at` says so.
+
+    Shared, and read live, by the callback that plans (callbacks/time_budget.py) and the schedules.
+    """
+
+    planned_at: int | None = None
+    planned_total: int | None = None
+
+    def position(self, step: int, total_steps: int) -> float:
+        """Optimizer step → the schedule's step: the same until the plan, then mapped so that the rest of
+        the schedule (`total_steps` long in all) ends at `planned_total`."""
+        if self.planned_at is None or self.planned_total is None or step <= self.planned_at:
+            return step
+        start = min(self.planned_at, total_steps)
+        remaining = self.planned_total - self.planned_at
+        if remaining <= 0:
+            return total_steps
+        return min(total_steps, start + (step - self.planned_at) * (total_steps - start) / remaining)
+
+
+def planned_length(trainer: L.Trainer) -> ScheduleLength | None:
+    """The length the run's time-budget callback plans, if it has one (callbacks/time_budget.py)."""
+    lengths = (getattr(callback, "schedule_length", None) for callback in trainer.callbacks)
+    return next((length for length in lengths if isinstance(length, ScheduleLength)), None)
+
+
+def _schedule_step(
+    total_steps: int, time_fraction: TimeFraction | None, length: ScheduleLength | None
+) -> Callable[[int], int]:
+    """Optimizer step → the schedule's step: as planned, or further where the clock has gone further."""
+
+    def position(step: int) -> int:
+        by_steps = length.position(step, total_steps) if length is not None else step
+        by_clock = time_fraction() * total_steps if time_fraction is not None else 0.0
+        return min(total_steps, math.floor(max(by_steps, by_clock)))
+
+    return position
 
 
 def cosine_with_warmup(
@@ -47,10 +87,11 @@ def cosine_with_warmup(
     min_lr_ratio: float = 0.01,
     fit_to_max_time: bool = False,
     time_fraction: TimeFraction | None = None,
+    length: ScheduleLength | None = None,
 ) -> LRScheduler:
     """Linear warm-up for `warmup_fraction` of the steps, then cosine decay to `min_lr_ratio` × lr."""
     warmup = max(1, round(total_steps * warmup_fraction))
-    position = _schedule_step(total_steps, time_fraction if fit_to_max_time else None)
+    position = _schedule_step(total_steps, time_fraction if fit_to_max_time else None, length)
 
     def factor(step: int) -> float:
         step = position(step)
@@ -88,12 +129,13 @@ def one_cycle(
     pct_start: float = 0.25,
     fit_to_max_time: bool = False,
     time_fraction: TimeFraction | None = None,
+    length: ScheduleLength | None = None,
 ) -> LRScheduler:
     """torch's one-cycle policy peaking at each parameter group's own learning rate."""
     max_lr = [group["lr"] for group in optimizer.param_groups]
     # torch divides by the warm-up's length in steps; very short runs (debug, tests) need at least one
     total_steps = max(math.floor(1 / pct_start) + 2, int(total_steps))
-    position = _schedule_step(total_steps, time_fraction if fit_to_max_time else None)
+    position = _schedule_step(total_steps, time_fraction if fit_to_max_time else None, length)
     return _PositionedOneCycleLR(
         optimizer, position, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start
     )

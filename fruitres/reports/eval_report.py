@@ -80,9 +80,13 @@ def print_report(
     most confused pairs. Class names are the dataset's folder names: shown literally, never as markup."""
     console = Console()
     overall = Table("metric", "value", "95% interval (Wilson)", title=f"Test set ({num_images} images)")
+    counts = {"test/acc": num_images, "test/acc_novel": int(metrics.get("test/novel_images", 0))}
     for name, value in metrics.items():
-        interval = accuracy_interval(value, num_images) if name == "test/acc" else None
-        overall.add_row(name, f"{value:.4f}", format_interval(interval))
+        if name.startswith("test/acc_novel_ci95"):
+            continue  # shown as the interval of test/acc_novel
+        interval = accuracy_interval(value, counts[name]) if name in counts else None
+        shown = f"{value:.0f}" if name == "test/novel_images" else f"{value:.4f}"
+        overall.add_row(name, shown, format_interval(interval))
     console.print(overall)
 
     shown = rows if len(rows) <= 2 * show else [*rows[:show], None, *rows[-show:]]

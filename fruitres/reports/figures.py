@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from io import BytesIO
+from pathlib import Path
 
 import matplotlib
 
@@ -13,11 +14,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 
 
 def denormalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Undo the input normalisation, as the tutorial's imshow does: back to [0, 1] RGB for display."""
     return (images.float() * std.to(images.device) + mean.to(images.device)).clamp(0, 1)
+
+
+def literal(text: str) -> str:
+    """`text` as matplotlib draws it literally: a class named `$x$` would otherwise render as math, and a
+    lone `$` in a stranger's name (`a$b$c`) breaks the figure."""
+    return str(text).replace("$", r"\$")
 
 
 def to_png(figure: Figure, dpi: int = 100) -> bytes:
@@ -40,7 +48,7 @@ def labelled_grid(
         if index < count:
             axis.imshow(images[index].permute(1, 2, 0).cpu().numpy())
             color = title_colors[index] if title_colors else "black"
-            axis.set_title(titles[index], fontsize=7, color=color)
+            axis.set_title(literal(titles[index]), fontsize=7, color=color)
     figure.tight_layout()
     return figure
 
@@ -57,8 +65,9 @@ def confusion_matrix_figure(matrix: torch.Tensor, class_names: Sequence[str], ti
     image = axis.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axis, fraction=0.04, pad=0.02, label="share of the true class")
     ticks = range(num_classes)
-    axis.set_xticks(ticks, class_names, rotation=90, fontsize=fontsize)
-    axis.set_yticks(ticks, class_names, fontsize=fontsize)
+    names = [literal(name) for name in class_names]
+    axis.set_xticks(ticks, names, rotation=90, fontsize=fontsize)
+    axis.set_yticks(ticks, names, fontsize=fontsize)
     axis.set_xlabel("predicted class")
     axis.set_ylabel("true class")
     if num_classes <= 20:
@@ -81,7 +90,7 @@ def per_class_bars(values: Sequence[float], class_names: Sequence[str], title: s
     sorted_values = [float(values[i]) for i in order]
     bars = axis.barh(positions, sorted_values, color=plt.cm.RdYlGn(sorted_values))
     axis.bar_label(bars, [f"{v:.0%}" for v in sorted_values], padding=2, fontsize=fontsize)
-    axis.set_yticks(positions, [class_names[i] for i in order], fontsize=fontsize)
+    axis.set_yticks(positions, [literal(class_names[i]) for i in order], fontsize=fontsize)
     axis.set_ylim(len(order) - 0.5, -0.5)  # the first (worst) class at the top
     axis.set_xlim(0, 1.12)
     axis.set_xlabel(xlabel)
@@ -105,3 +114,21 @@ def prediction_grid(
         titles.append(f"{mark} {predicted} ({confidence:.0%})\ntrue: {true}")
         colors.append("green" if right else "red")
     return labelled_grid(images, titles, ncols=ncols, title_colors=colors)
+
+
+def write_summary_events(
+    folder: Path, suffix: str, step: int, images: dict[str, bytes], texts: dict[str, str]
+) -> None:
+    """PNG figures (Images tab) and Markdown (Text tab) at `step`, in an event file of their own in `folder`
+    (a TensorBoard run), replacing the one an earlier build of the same report wrote there."""
+    from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when writing
+
+    for old in Path(folder).glob(f"events.out.tfevents.*{suffix}"):
+        old.unlink()
+    with SummaryWriter(str(folder), filename_suffix=suffix) as writer:
+        for tag, png in images.items():
+            writer.add_image(
+                tag, np.asarray(Image.open(BytesIO(png)).convert("RGB")), step, dataformats="HWC"
+            )
+        for tag, text in texts.items():
+            writer.add_text(tag, text, step)

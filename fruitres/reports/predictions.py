@@ -1,4 +1,5 @@
-"""Top-k predictions per file: collected from `trainer.predict`, printed, written as JSON and CSV."""
+"""Top-k predictions per file: collected from `trainer.predict`, printed, written as JSON and CSV; with the
+fruits each file name names and how many of them are in the top-k (fruitres/reports/multi_fruit.py)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,20 @@ from rich.table import Table
 from rich.text import Text
 
 from fruitres.files import write_csv_whole, write_text_whole
+from fruitres.reports.multi_fruit import fruits_found, fruits_named
 
 
 @dataclass
 class Prediction:
-    """The top-k classes of one file with their probabilities, or why the file could not be read."""
+    """The top-k classes of one file with their probabilities, or why the file could not be read; the
+    fruits its file name names and how many of them are in the top-k (None when it names none)."""
 
     path: str
     classes: list[str] = field(default_factory=list)
     probabilities: list[float] = field(default_factory=list)
     error: str | None = None
+    fruits_named: list[str] = field(default_factory=list)
+    fruits_in_top_k: int | None = None
 
 
 class TopKPredictions(BasePredictionWriter):
@@ -55,26 +60,38 @@ class TopKPredictions(BasePredictionWriter):
             indices.tolist(), errors, probabilities.tolist(), classes.tolist(), strict=True
         ):
             path = str(self.paths[index])
-            self.predictions[index] = (
-                Prediction(path, error=error)
-                if error
-                else Prediction(path, [self.class_names[c] for c in top], probs)
-            )
+            if error:
+                self.predictions[index] = Prediction(path, error=error)
+                continue
+            named = fruits_named(path, self.class_names)
+            classes = [self.class_names[c] for c in top]
+            found = fruits_found(named, classes) if named else None
+            self.predictions[index] = Prediction(path, classes, probs, None, named, found)
 
 
 def write_predictions(predictions: Sequence[Prediction], output_dir: Path, top_k: int) -> tuple[Path, Path]:
-    """predictions.json (a list of records) and predictions.csv (one row per file, class_i/probability_i)."""
+    """predictions.json (a list of records) and predictions.csv (one row per file, class_i/probability_i,
+    then fruits_named and fruits_in_top_k, empty where the file name names no fruit)."""
     json_path, csv_path = output_dir / "predictions.json", output_dir / "predictions.csv"
     write_text_whole(json_path, json.dumps([asdict(p) for p in predictions], indent=2))
     ranks = range(1, top_k + 1)
     fields = ["path", "error", *(f"{name}_{i}" for i in ranks for name in ("class", "probability"))]
+    fields += ["fruits_named", "fruits_in_top_k"]
     rows = []
     for p in predictions:
         ranked = {f"class_{i}": c for i, c in enumerate(p.classes, 1)}
         ranked |= {f"probability_{i}": f"{q:.6f}" for i, q in enumerate(p.probabilities, 1)}
-        rows.append({"path": p.path, "error": p.error or "", **ranked})
+        named = {
+            "fruits_named": " ".join(p.fruits_named),
+            "fruits_in_top_k": _blank_if_none(p.fruits_in_top_k),
+        }
+        rows.append({"path": p.path, "error": p.error or "", **ranked, **named})
     write_csv_whole(csv_path, rows, fields)
     return json_path, csv_path
+
+
+def _blank_if_none(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def print_predictions(predictions: Sequence[Prediction], max_rows: int) -> None:

@@ -12,19 +12,16 @@ the end of the sweep (conf/hparams_search/transfer.yaml); the command rebuilds i
 from __future__ import annotations
 
 import logging
-from io import BytesIO
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
 import matplotlib.pyplot as plt
-import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
-from PIL import Image
 
 from fruitres.files import replaced_whole, write_csv_whole, write_text_whole
-from fruitres.reports.figures import to_png
+from fruitres.reports.figures import to_png, write_summary_events
 from fruitres.reports.sweep_report import report_command
 from fruitres.run_folders import HYDRA_DIR, job_dirs, job_record
 
@@ -139,14 +136,7 @@ def transfer_figure(results: Results, title: str) -> Figure:
 def log_to_tensorboard(folder: Path, png: bytes, table: str) -> None:
     """The figure (Images tab) and the table (Text tab) in an event file of their own, replacing the one
     an earlier build of the report wrote."""
-    from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when writing
-
-    for old in folder.glob(f"events.out.tfevents.*{EVENTS_SUFFIX}"):
-        old.unlink()
-    image = np.asarray(Image.open(BytesIO(png)).convert("RGB"))
-    with SummaryWriter(str(folder), filename_suffix=EVENTS_SUFFIX) as writer:
-        writer.add_image(IMAGE_TAG, image, dataformats="HWC")
-        writer.add_text(TEXT_TAG, table)
+    write_summary_events(folder, EVENTS_SUFFIX, 0, {IMAGE_TAG: png}, {TEXT_TAG: table})
 
 
 def write_transfer_report(sweep_dir: Path) -> str:

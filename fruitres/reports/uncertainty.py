@@ -31,3 +31,17 @@ def accuracy_interval(accuracy: float | None, total: int | None) -> tuple[float,
 
 def format_interval(interval: tuple[float, float] | None) -> str:
     return "" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
+def result_line(metrics: dict[str, float], tested: int | None, epochs: float, wall_time_s: float) -> str:
+    """A run's outcome in one line: test accuracy with its interval and count, the same on the Test images
+    with no near twin in Training where measured, and how long it trained."""
+    parts = [f"{epochs:.2f} epochs in {wall_time_s / 60:.1f} min"]
+    if "test/acc" in metrics:
+        interval = format_interval(accuracy_interval(metrics["test/acc"], tested))
+        parts.append(f"test accuracy {metrics['test/acc']:.4f} {interval} on {tested or '?'} images")
+    novel = int(metrics.get("test/novel_images", 0))
+    if "test/acc_novel" in metrics and novel:
+        interval = format_interval(accuracy_interval(metrics["test/acc_novel"], novel))
+        parts.append(f"without near twins in Training {metrics['test/acc_novel']:.4f} {interval} on {novel}")
+    return "Result: " + "; ".join(parts)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -22,7 +22,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summ
 
 from fruitres.data.preprocessing import PREPROCESSING_KEYS
 from fruitres.reports.uncertainty import accuracy_interval
-from fruitres.run.provenance import current_provenance, flat_provenance
+from fruitres.run.provenance import flat_provenance, tested_images
 from fruitres.run.run_names import job_overrides, swept_keys
 
 CURATED_KEYS = (  # what tells one fine-tuning run from another, beyond what the sweep varies
@@ -54,13 +54,16 @@ NOT_IN_CONFIG = object()
 def log_hyperparameters(
     cfg: DictConfig, model: L.LightningModule, datamodule: L.LightningDataModule, trainer: L.Trainer
 ) -> None:
-    """TensorBoard: the HParams experiment and this run's values, and the provenance as text. Other loggers
-    (MLflow): the composed config, the parameter counts and the provenance."""
+    """TensorBoard: the HParams experiment and this run's values, and the provenance as text. MLflow: the
+    same curated values and the parameter counts (its provenance goes to tags). Other loggers (CSV): the
+    composed config, the parameter counts and the provenance."""
+    swept = swept_keys()  # read once: it loads the sweep's multirun.yaml
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            swept = swept_keys()  # read once: it loads the sweep's multirun.yaml
             _log_hparams_experiment(logger, shown_hparams(cfg, model, swept), swept)
             logger.experiment.add_text(PROVENANCE_TAG, provenance_markdown(), global_step=0)
+        elif isinstance(logger, MLFlowLogger):
+            logger.log_hyperparams(shown_hparams(cfg, model, swept) | model.parameter_counts())
         else:
             logger.log_hyperparams(_whole_config(cfg, model, datamodule))
 
@@ -155,8 +158,7 @@ def _whole_config(
 def log_final_metrics(trainer: L.Trainer, metrics: dict[str, float], wall_time_s: float) -> None:
     """The HParams metrics that are no scalar yet, once at the last step: the test interval and wall time."""
     final = {"time/wall_s": wall_time_s}
-    tested = current_provenance().get("data", {}).get("splits", {}).get("test", {}).get("tested")
-    interval = accuracy_interval(metrics.get("test/acc"), tested)
+    interval = accuracy_interval(metrics.get("test/acc"), tested_images())
     if interval is not None:
         final |= {"test/acc_ci_low": interval[0], "test/acc_ci_high": interval[1]}
     for logger in trainer.loggers:

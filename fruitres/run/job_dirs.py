@@ -21,7 +21,12 @@ def sweep_job_subdir(sweep_dir: str, job_num: int, overrides: Sequence[str]) -> 
     """The job's directory name under `sweep_dir`, claimed by writing its overrides there first."""
     sweep = Path(sweep_dir)
     wanted = [str(override) for override in overrides]
-    taken = {path.name for path in sweep.iterdir() if path.is_dir()} if sweep.is_dir() else set()
+    # job folders only: the sweep's own (sweep_summary/, a TensorBoard run) are no job numbers
+    taken = (
+        {path.name for path in sweep.iterdir() if path.is_dir() and path.name.isdigit()}
+        if sweep.is_dir()
+        else set()
+    )
     for name in sorted(taken, key=job_order):
         if saved_overrides(sweep / name) == wanted:
             return name

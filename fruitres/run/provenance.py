@@ -43,7 +43,10 @@ def git_state(folder: Path | None = CHECKOUT_DIR) -> dict[str, Any]:
 
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=30)
+            command = ["git", *args]  # git writes UTF-8 whatever the locale (an ASCII one would fail on it)
+            done = subprocess.run(
+                command, cwd=folder, capture_output=True, encoding="utf-8", errors="replace", timeout=30
+            )
         except (OSError, subprocess.TimeoutExpired):  # no git installed, or a hung filesystem
             return None
         return done.stdout if done.returncode == 0 else None
@@ -130,6 +133,7 @@ def note_data(datamodule: L.LightningDataModule) -> None:
     its images and classes."""
     splits = {
         split: {
+            "folder": getattr(datamodule, "split_sources", {}).get(split),  # e.g. Training/ (val_fraction)
             "fingerprint": cache_key_of(dataset.array_path),
             "images": len(dataset),
             "classes": len(set(dataset.labels.tolist())),
@@ -142,6 +146,11 @@ def note_data(datamodule: L.LightningDataModule) -> None:
         "num_classes": datamodule.num_classes,
         "splits": splits,
     }
+
+
+def tested_images() -> int | None:
+    """How many test images this run's test accuracy was measured on (note_tested), if it was tested."""
+    return _current.get("data", {}).get("splits", {}).get("test", {}).get("tested")
 
 
 def note_tested(trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:

@@ -1,6 +1,7 @@
 """Each job's outcome in its own run directory (`run_record.json`): what sweep tables are built from.
 
-A record says whether the job finished (status ok) or failed (with its error), its overrides, its wall
+A record says whether the job finished (status ok), failed (with its error) or was stopped by SIGTERM or
+Ctrl-C (status interrupted, with the command that resumes it), its overrides, its wall
 time, how many epochs it trained, its final metrics and what produced them (its provenance: code, command,
 versions, data, hardware; fruitres/run/provenance.py). In a sweep a failed job is recorded and the sweep
 goes on; a re-launched sweep (same `hydra.sweep.dir`) reuses the jobs already recorded as ok.
@@ -26,7 +27,10 @@ from omegaconf import DictConfig
 from fruitres.checkpoints.files import CHECKPOINT_DIR, LAST
 from fruitres.errors import fixable_cause, innermost
 from fruitres.files import write_text_whole
+from fruitres.reports.sweep_report import write_sweep_report
+from fruitres.run.interruption import stopped_by
 from fruitres.run.provenance import begin_provenance
+from fruitres.run.resume import resume_command
 from fruitres.run_folders import RECORD_FILE, read_record
 
 log = logging.getLogger(__name__)
@@ -58,7 +62,8 @@ def run_recorded(cfg: DictConfig, job: Callable[[], dict[str, float]]) -> float 
     """Run `job` and record its outcome; returns the optimized metric (None for a failed sweep job).
 
     A failed single run re-raises (non-zero exit status); a failed sweep job is logged and the sweep goes
-    on. A sweep job whose directory already holds an ok record for the same overrides is not run again.
+    on. A job stopped by a signal is recorded as interrupted and stops the sweep too. A sweep job whose
+    directory already holds an ok record for the same overrides is not run again.
     """
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -92,6 +97,16 @@ def run_recorded(cfg: DictConfig, job: Callable[[], dict[str, float]]) -> float 
             _traceback_note(run_dir, error),
         )
         return None
+    except BaseException as error:
+        signal_name = stopped_by(error)
+        if signal_name is None:
+            raise
+        record |= {"status": "interrupted", "error": f"stopped by {signal_name}", "metrics": {}}
+        record |= {"resume": resume_command(cfg, run_dir)}
+        _finish(run_dir, record, started)
+        if in_sweep and rank_zero_only.rank == 0:  # Hydra's end-of-job callbacks do not run after a signal
+            write_sweep_report(Path(hydra_cfg.sweep.dir))
+        raise
     record |= {"status": "ok", "error": None, "metrics": metrics}
     _finish(run_dir, record, started)
     return metrics.get(metric)

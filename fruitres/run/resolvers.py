@@ -5,8 +5,11 @@ second registration (Hydra's multirun, notebook reloads) harmless.
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig, OmegaConf
 
+from fruitres.errors import ConfigError
 from fruitres.models.backbone import backbone_data_config
 from fruitres.run.devices import fastest_precision, gpu_count, sweep_job_gpu
 from fruitres.run.job_dirs import sweep_job_subdir
@@ -19,7 +22,22 @@ def backbone_data(arch: str, weights: str | None) -> DictConfig:
     return OmegaConf.create(backbone_data_config(arch, weights).as_dict())
 
 
+def fruitres_root() -> str:
+    """conf/paths/: FRUITRES_ROOT with `~` expanded (a shell leaves it as is inside quotes), else the launch
+    folder. Set but empty is refused: it would put data/ and logs/ at the file-system root."""
+    value = os.environ.get("FRUITRES_ROOT")
+    if value is None:
+        return "."
+    if not value.strip():
+        raise ConfigError(
+            "FRUITRES_ROOT is set but empty, which would write /data and /logs at the file-system root; "
+            "unset it (unset FRUITRES_ROOT) to write under the launch folder, or set it to a folder"
+        )
+    return os.path.expanduser(value)
+
+
 RESOLVERS = {
+    "fruitres_root": fruitres_root,  # conf/paths/default.yaml: where data/ and logs/ go
     "backbone_data": backbone_data,  # conf/data/: data meets model here, not in the data module
     "fastest_precision": fastest_precision,  # trainer precision: bf16 where native, else 32-true
     "sweep_job_gpu": sweep_job_gpu,  # conf/hydra/launcher/local_gpus.yaml: one GPU per sweep job
@@ -30,5 +48,11 @@ RESOLVERS = {
 
 
 def register_resolvers() -> None:
+    """Register every resolver; a FRUITRES_ROOT that cannot be used stops here, in one line, before Hydra
+    resolves the run directory from it (where an error would come with Hydra's traceback)."""
     for name, resolver in RESOLVERS.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
+    try:
+        fruitres_root()
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None

@@ -10,7 +10,6 @@ newest other checkpoint there (the best epoch's), so a finished epoch is never t
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +18,31 @@ from omegaconf import DictConfig
 
 from fruitres.checkpoints.files import CHECKPOINT_DIR, RESUMABLE, newest_checkpoint
 from fruitres.files import PARTIAL_SUFFIX, check_checkpoint_file
-from fruitres.run_folders import OVERRIDES_FILE, RECORD_FILE, saved_overrides
+from fruitres.run.folder_claim import (
+    RUN_DIR_KEY,
+    RunFolderError,
+    command_line_run_dir,
+    is_ddp_follower,
+    refuse_used_folder,
+)
+from fruitres.run_folders import OVERRIDES_FILE, saved_overrides
 
 log = logging.getLogger(__name__)
 
 RESUME_PREFIX = "resume="
-RUN_DIR_PREFIX = "hydra.run.dir="
+RESUMABLE_TASK = "train"  # the one command that continues a run in its folder
+
+
+def resume_command(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The command that continues the run in `run_dir` (None for commands that are simply run again)."""
+    return (
+        f"python -m fruitres.{RESUMABLE_TASK} resume={run_dir}" if cfg.task_name == RESUMABLE_TASK else None
+    )
+
+
+def continues_a_run(argv: list[str]) -> bool:
+    """A training command line with `ckpt_path=` (as `resume=` expands) continues the run in its folder."""
+    return any(arg.startswith("ckpt_path=") for arg in argv[1:])
 
 
 def expand_resume_argv(argv: list[str]) -> list[str]:
@@ -50,17 +68,14 @@ def expand_resume_argv(argv: list[str]) -> list[str]:
 
 
 def _refuse_finished_run_dir(argv: list[str]) -> None:
-    """A fresh run given the `hydra.run.dir` of a run that saved checkpoints would overwrite them."""
-    run_dirs = [arg.removeprefix(RUN_DIR_PREFIX) for arg in argv[1:] if arg.startswith(RUN_DIR_PREFIX)]
-    continuing = any(arg.startswith("ckpt_path=") for arg in argv[1:])
-    if not run_dirs or continuing or os.environ.get("LOCAL_RANK", "0") != "0":  # DDP ranks join rank 0's run
+    """A fresh run given the `hydra.run.dir` of an earlier run would overwrite its files."""
+    run_dir = command_line_run_dir(argv)
+    if run_dir is None or continues_a_run(argv) or is_ddp_follower():  # DDP ranks join rank 0's run
         return
-    run_dir = Path(run_dirs[-1]).expanduser()
-    if (run_dir / RECORD_FILE).is_file() or any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")):
-        raise SystemExit(
-            f"hydra.run.dir={run_dir} already holds a run (its checkpoints and record); continue it with "
-            f"resume={run_dir}, or give a new hydra.run.dir"
-        )
+    try:
+        refuse_used_folder(run_dir, RUN_DIR_KEY, resumable=True)
+    except RunFolderError as error:
+        raise SystemExit(str(error)) from None
 
 
 @dataclass(frozen=True)

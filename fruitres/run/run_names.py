@@ -60,9 +60,12 @@ def tensorboard_run_name(output_dir: str | None) -> str:
     earlier = tensorboard_events_dir(Path(output_dir))
     if earlier != Path(output_dir) / TENSORBOARD_DIR:
         return earlier.name
-    keys = swept_keys()
-    if not keys:
-        return ""
+    return swept_values_name(swept_keys())
+
+
+def swept_values_name(keys: list[str]) -> str:
+    """`lr=0.001,frozen_stages=3`: this job's values of the swept `keys`, file-name safe ('' for none);
+    its MLflow run's name too (fruitres/run/mlflow_tracking.py)."""
     values = job_overrides()
     name = ",".join(f"{key.split('.')[-1]}={values[key]}" for key in keys if key in values)
     return UNSAFE_IN_FILE_NAMES.sub("_", name)
