@@ -135,6 +135,7 @@ def fake_machine_run(data_dir: Path, run_dir: Path, train_seconds: float, extra:
             "test=false",
             "callbacks.time_budget.skip_steps=1",
             "callbacks.time_budget.measure_steps=1",
+            "callbacks.epoch_log.when=always",
             "+callbacks.time_budget.clock._target_=test_budget_plan.FakeClock",
             "+callbacks.fake_machine._target_=test_budget_plan.FakeMachine",
             f"+callbacks.fake_machine.train_seconds={train_seconds}",
@@ -172,9 +173,12 @@ def budget_state(checkpoint: dict) -> dict:
     ],  # fast: more epochs than 2; slow: fewer than 10
 )
 def test_a_run_on_a_fake_clock_trains_for_the_planned_steps_and_the_schedule_ends_there(
-    tiny_dataset: Path, tmp_path: Path, train_seconds: float, max_epochs: int
+    tiny_dataset: Path, tmp_path: Path, train_seconds: float, max_epochs: int, caplog
 ) -> None:
-    checkpoint = fake_machine_run(tiny_dataset, tmp_path, train_seconds, [f"trainer.max_epochs={max_epochs}"])
+    with caplog.at_level(logging.INFO, logger="fruitres.callbacks.epoch_log"):
+        checkpoint = fake_machine_run(
+            tiny_dataset, tmp_path, train_seconds, [f"trainer.max_epochs={max_epochs}"]
+        )
     planned = expected_plan(train_seconds)
     plan = budget_state(checkpoint)
     assert plan["total_steps"] == planned and plan["planned_at"] == 2
@@ -185,6 +189,9 @@ def test_a_run_on_a_fake_clock_trains_for_the_planned_steps_and_the_schedule_end
     (schedule,) = checkpoint["lr_schedulers"]
     lr = checkpoint["optimizer_states"][0]["param_groups"][0]
     assert schedule["_last_lr"][0] == pytest.approx(0.01 * lr["initial_lr"], rel=0.05)  # the cosine's end
+    # the epoch lines count towards the plan's epochs, not the recipe's max_epochs
+    last_line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Epoch ")][-1]
+    assert last_line.startswith(f"Epoch {checkpoint['epoch'] + 1}/{round(planned / 2, 1):g} step {planned}:")
 
 
 @pytest.mark.slow

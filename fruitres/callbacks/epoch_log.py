@@ -19,6 +19,7 @@ import lightning as L
 from lightning.pytorch import Callback
 
 from fruitres.errors import ConfigError
+from fruitres.models.schedules import planned_length
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ class EpochLog(Callback):
         metrics = trainer.callback_metrics
         elapsed = time.monotonic() - self.fit_started
         speed = self.images / self.train_seconds if self.train_seconds > 0 else math.nan
-        total = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
-        epochs = f"{trainer.current_epoch + 1}/{total}" if total else f"{trainer.current_epoch + 1}"
+        total = _total_epochs(trainer)
+        epochs = f"{trainer.current_epoch + 1}/{total:g}" if total else f"{trainer.current_epoch + 1}"
         return (
             f"Epoch {epochs} step {trainer.global_step}: "
             f"train loss {_metric(metrics, 'train/loss')} acc {_metric(metrics, 'train/acc')} | "
@@ -88,7 +89,20 @@ class EpochLog(Callback):
             left.append(elapsed / done_epochs * max(0, trainer.max_epochs - trainer.current_epoch - 1))
         if trainer.max_steps >= 0 and done_steps > 0:
             left.append(elapsed / done_steps * max(0, trainer.max_steps - trainer.global_step))
+        plan = planned_length(trainer)
+        if plan is not None and plan.planned_total is not None and done_steps > 0:  # a time budget's end
+            left.append(elapsed / done_steps * max(0, plan.planned_total - trainer.global_step))
         return min(left) if left else None
+
+
+def _total_epochs(trainer: L.Trainer) -> float | None:
+    """The epochs the run is to train: as a time budget planned them (to a tenth), else max_epochs."""
+    plan = planned_length(trainer)
+    if plan is not None and plan.planned_total is not None and trainer.num_training_batches:
+        return round(
+            plan.planned_total * max(1, trainer.accumulate_grad_batches) / trainer.num_training_batches, 1
+        )
+    return trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
 
 
 def _metric(metrics: dict[str, Any], name: str) -> str:
