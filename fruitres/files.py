@@ -27,6 +27,9 @@ from fruitres.errors import CheckpointError, FixableError
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"  # a file being written; one left behind was cut off by a kill
+# read once at import: os.umask only reads by setting, which would race with files other threads create
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 # A partial's name says which process writes it (.<target>.@<host>@<pid>@.<random>.partial), so the next run
 # can tell a dead process's leftover from a file that a live one is still writing.
 PARTIAL_OWNER = re.compile(r"\.@(?P<host>[^@/]*)@(?P<pid>[0-9]+)@\.")
@@ -64,7 +67,7 @@ def replaced_whole(target: Path) -> Iterator[Path]:
             yield partial
             with open(partial, "rb+") as file:
                 os.fsync(file.fileno())
-            partial.chmod(0o666 & ~_umask())  # mkstemp's 0600 would hide run records from a shared group
+            partial.chmod(0o666 & ~UMASK)  # mkstemp's 0600 would hide run records from a shared group
             os.replace(partial, target)
         except BaseException:
             partial.unlink(missing_ok=True)
@@ -220,13 +223,3 @@ def _corrupt_message(path: Path, reason: str) -> str:
         f"checkpoint {path} is truncated or not a checkpoint ({reason}): it was cut off while being written "
         f"or copied; restore it, or {fallback}"
     )
-
-
-def _umask() -> int:
-    """The process's umask, read once at import (it is only readable by setting it, which would race
-    with files other threads create meanwhile)."""
-    return _UMASK
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
