@@ -15,6 +15,12 @@ TRANSFER_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/transfer/$(NOW)
 TARGET ?= 0.95
 SOURCE_CKPT ?=
 BENCH_TTA_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/bench_tta/$(NOW)
+# make fewshot: the source on classes A of SOURCE_DATA within SOURCE_BUDGET, then 10 images per class of
+# classes B of DATA over seeds 0,1,2 (FEWSHOT_DIR/source, FEWSHOT_DIR/target with the sweep table); ARGS go
+# to both steps, SOURCE_ARGS and TARGET_ARGS to one
+SOURCE_DATA ?= $(DATA)
+SOURCE_BUDGET ?= 00:00:10:00
+FEWSHOT_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/fewshot/$(NOW)
 # make full: from scratch on the full Fruits-360 (DATA=<the folder with its Training/ and Test/>) within BUDGET
 BUDGET ?= 00:00:15:00
 # make bench-peers: the ladder of wall-clock budgets (minutes) and the folder of the table and figure
@@ -23,7 +29,7 @@ BENCH_PEERS_DIR ?= $(if $(FRUITRES_ROOT),$(FRUITRES_ROOT)/)logs/bench_peers/$(NO
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow test-all lint format train lr-find sweep transfer tensorboard clean bench \
-	bench-tta bench-peers bench-gpu full eval predict export archs seeds
+	bench-tta bench-peers bench-gpu full fewshot eval predict export archs seeds
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -77,6 +83,14 @@ transfer: $(STAMP) ## transfer study: source on classes A, B by recipe x images/
 	$(PY) -m fruitres.train experiment=transfer_target hparams_search=transfer data.data_dir=$(DATA) \
 		data.classes=$(CLASSES_B) source_ckpt=$$source_ckpt hydra.sweep.dir=$(TRANSFER_DIR)/target \
 		$(ARGS) $(TARGET_ARGS)
+
+fewshot: $(STAMP) ## 10 images/class of classes B from a source on classes A of SOURCE_DATA; seeds 0,1,2
+	$(PY) -m fruitres.train experiment=transfer_source data.data_dir=$(SOURCE_DATA) data.classes=$(CLASSES_A) \
+		trainer.max_time=$(SOURCE_BUDGET) hydra.run.dir=$(FEWSHOT_DIR)/source $(ARGS) $(SOURCE_ARGS)
+	source_ckpt=$$(ls $(FEWSHOT_DIR)/source/checkpoints/epoch_*.ckpt) && \
+	$(PY) -m fruitres.train -m experiment=transfer_target recipe=fewshot data.data_dir=$(DATA) \
+		data.classes=$(CLASSES_B) data.train_per_class=10 model.weights_path=$$source_ckpt seed=0,1,2 \
+		hydra.sweep.dir=$(FEWSHOT_DIR)/target $(ARGS) $(TARGET_ARGS)
 
 full: $(STAMP) ## from scratch on the full Fruits-360 within BUDGET (15 min); DATA=<full dataset>; prints the result
 	$(PY) -m fruitres.train experiment=resnet18_scratch data.data_dir=$(DATA) trainer.max_time=$(BUDGET) $(ARGS)

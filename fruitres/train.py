@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fruitres.lr_find import find_lr
+from fruitres.models.tta import check_tta
 from fruitres.reports.uncertainty import result_line
 from fruitres.run.hparams import log_final_metrics, log_hyperparameters
 from fruitres.run.instantiate import instantiate_callbacks, instantiate_loggers
@@ -43,6 +44,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model: L.LightningModule = instantiate(
         cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names
     )
+    model.tta = check_tta(cfg.get("tta"))  # the test pass's views (validation never averages any)
     callbacks = [*instantiate_callbacks(cfg), ProvenanceInCheckpoints()]
     loggers = instantiate_loggers(cfg, purge_step=resume.step if resume else None)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
@@ -73,7 +75,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     wall_time_s = time.monotonic() - started
     log_final_metrics(trainer, metrics, wall_time_s=wall_time_s)
     if trainer.is_global_zero:
-        log.info(result_line(metrics, tested_images(), epochs_done(trainer), wall_time_s))
+        log.info(result_line(metrics, tested_images(), epochs_done(trainer), wall_time_s, model.tta))
     return metrics
 
 

@@ -27,8 +27,9 @@ def test_benchmark_prints_the_table_and_writes_json_for_each_variant(
     report_file = tmp_path / "bench.json"
     command = [
         sys.executable, "-m", "fruitres.bench", "throughput", "--data-dir", str(tiny_dataset),
-        "--image-size", "32", "--batch-size", "16", "--variants", "full,probe", "--steps", "1",
-        "--warmup", "1", "--repeats", "2", "--eval-steps", "1", "--data-steps", "1",
+        "--image-size", "32", "--batch-size", "16", "--variants", "full,probe",
+        "--optimizer", "for-loop,fused", "--steps", "1", "--warmup", "1", "--repeats", "2",
+        "--eval-steps", "1", "--data-steps", "1",
         "--json", str(report_file), "data.num_workers=0",
     ]  # fmt: skip
     env = {**os.environ, "FRUITRES_ROOT": str(tmp_path)}
@@ -37,7 +38,10 @@ def test_benchmark_prints_the_table_and_writes_json_for_each_variant(
 
     report = json.loads(report_file.read_text())
     projects = [label for label in report["train"] if label != TUTORIAL]
-    assert [label.split(" (")[0] for label in projects] == ["project full", "project probe"]
+    assert [label.split(" (")[0] for label in projects] == ["project full"] * 2 + ["project probe"] * 2
+    assert [label.endswith("fused optimizer)") for label in projects] == [False, True] * 2
+    for label in projects:  # the warm-up steps' time: where torch.compile's compile time shows
+        assert report["train"][label]["warmup_s"]["median"] > 0
     for label in (TUTORIAL, *projects):
         row = report["train"][label]
         assert len(row["images_per_s"]["values"]) == 2  # one per repeat

@@ -8,13 +8,22 @@ import math
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import compose_config, tiny_train_overrides
 from lightning.pytorch import Callback
 
-from fruitres.callbacks.time_budget import BudgetPlan, TimeBudget, planned_total_steps, validations_after
+from fruitres.callbacks.time_budget import (
+    BudgetPlan,
+    TimeBudget,
+    planned_total_steps,
+    validations_after,
+    views_per_test_image,
+)
+from fruitres.models.classifier import FruitClassifier
 from fruitres.models.schedules import ScheduleLength, cosine_with_warmup, one_cycle
+from fruitres.models.tta import VIEWS
 from fruitres.train import train
 
 # --- the plan's arithmetic --------------------------------------------------------------------------
@@ -94,6 +103,26 @@ def test_a_schedule_ends_at_the_planned_step(schedule, planned_total: int) -> No
     assert max(jumps) < 0.25  # no jump where the plan is made
 
 
+def test_a_replan_moves_the_end_without_a_jump_in_the_rate() -> None:
+    length = ScheduleLength()
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = one_cycle(optimizer, 100, length=length)
+    rates = []
+    for step in range(1, 301):
+        if step == 10:
+            length.planned_at, length.planned_total = 10, 200
+        if step == 120:  # the epoch just timed was faster than the first steps: 100 more steps fit
+            done = length.fraction_done(120)
+            length.replan(120, 300)
+            assert length.fraction_done(120) == pytest.approx(done)
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    jumps = [abs(later - earlier) for earlier, later in itertools.pairwise(rates)]
+    assert max(jumps[100:140]) < 0.05  # one step of the 100-step schedule at most, through the re-plan
+    assert rates[199] > 0.1 and rates[-1] < 1e-3  # the old end passes at a high rate; the new one anneals
+
+
 # --- a real run on a fake clock -----------------------------------------------------------------------
 FAKE_NOW = {"seconds": 0.0}
 
@@ -117,6 +146,12 @@ class FakeMachine(Callback):
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         FAKE_NOW["seconds"] += self.eval_seconds
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        FAKE_NOW["train_start"] = FAKE_NOW["seconds"]
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        FAKE_NOW["train_end"] = FAKE_NOW["seconds"]
 
 
 def fake_machine_run(data_dir: Path, run_dir: Path, train_seconds: float, extra: list[str]) -> dict:
@@ -179,10 +214,17 @@ def test_a_run_on_a_fake_clock_trains_for_the_planned_steps_and_the_schedule_end
         checkpoint = fake_machine_run(
             tiny_dataset, tmp_path, train_seconds, [f"trainer.max_epochs={max_epochs}"]
         )
-    planned = expected_plan(train_seconds)
+    first_plan = expected_plan(train_seconds)
     plan = budget_state(checkpoint)
-    assert plan["total_steps"] == planned and plan["planned_at"] == 2
-    assert plan["images_per_second"] == pytest.approx(16 / train_seconds)
+    planned = plan["total_steps"]
+    assert plan["planned_at"] == 2 and plan["images_per_second"] == pytest.approx(16 / train_seconds)
+    # the sanity check's speed made validation look 2.5× slower than it is (10 s, not 4): re-planned after
+    # validations from the epochs timed, the run goes on until the budget is used to within a step
+    assert planned >= first_plan
+    if train_seconds == 25.0:  # 12 validations fit: enough for the 6 s each saved to add a step
+        assert planned > first_plan and plan["replanned_at"] is not None
+    fitted = FAKE_NOW["train_end"] - FAKE_NOW["train_start"]
+    assert 300 - (train_seconds + 4.0) < fitted <= 300
     assert checkpoint["global_step"] == planned
     assert (checkpoint["epoch"] + 1 > max_epochs) == (train_seconds == 25.0)
     assert checkpoint["epoch"] + 1 == math.ceil(planned / 2)
@@ -228,7 +270,7 @@ def test_a_short_budget_is_used_and_the_plan_logged_once(
         train(cfg)
     seconds = time.monotonic() - started
     messages = [record.getMessage() for record in caplog.records]
-    plans = [message for message in messages if message.startswith("Time budget")]
+    plans = [message for message in messages if message.startswith("Time budget:")]  # not re-plans
     assert len(plans) == 1, plans
     assert "epochs planned" in plans[0] and "images/s over" in plans[0]
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
@@ -255,3 +297,13 @@ def test_a_plan_is_kept_in_checkpoints_and_a_resumed_run_follows_it() -> None:
     resumed.load_state_dict(planner.state_dict())
     assert resumed.plan == planner.plan and resumed.plan.epochs == 9
     assert TimeBudget().state_dict() == {}  # no plan yet: nothing to keep
+
+
+def test_a_test_pass_with_tta_is_planned_at_one_forward_pass_per_view() -> None:
+    model = FruitClassifier(num_classes=3, weights=None)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    assert views_per_test_image(trainer) == 1
+    for name, views in VIEWS.items():
+        model.tta = name
+        assert views_per_test_image(trainer) == len(views)

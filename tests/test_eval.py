@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -11,12 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TrainedSweep, compose_config
+from conftest import TrainedSweep, compose_config, tiny_train_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fruitres.data.folders import DatasetLayoutError
 from fruitres.eval import evaluate
 from fruitres.run_folders import tensorboard_events_dir
+from fruitres.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG"
@@ -131,3 +133,25 @@ def test_eval_command_writes_its_report_in_a_run_dir(
         p.name for p in run_dir.iterdir()
     }
     assert "Per class, worst F1 first" in result.stdout
+
+
+def test_a_training_run_with_tta_tests_as_eval_does_with_it(
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_dir = tmp_path / "run"
+    cfg = compose_config(
+        "train", [*tiny_train_overrides(tiny_dataset, run_dir), "tta=flip", "callbacks.figures=null"]
+    )
+    with caplog.at_level(logging.INFO, logger="fruitres.train"):
+        metrics = train(cfg)
+    (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
+    flipped = evaluate(eval_config(best, tmp_path / "flip", "tta=flip"))
+    plain = evaluate(eval_config(best, tmp_path / "plain"))
+    # the loss of the averaged softmax is the trace of the views: the same as eval's with them, not without
+    assert metrics["test/loss"] == pytest.approx(flipped["test/loss"], abs=1e-5)
+    assert metrics["test/loss"] != pytest.approx(plain["test/loss"], abs=1e-5)
+    assert metrics["test/acc"] == pytest.approx(flipped["test/acc"], abs=1e-6)
+    (result,) = [
+        record.getMessage() for record in caplog.records if record.getMessage().startswith("Result:")
+    ]
+    assert f"test accuracy with tta=flip {metrics['test/acc']:.4f}" in result

@@ -208,3 +208,39 @@ def test_the_sweep_takes_every_backbone_but_scratch_from_source_ckpt_which_it_re
     assert cfg.model.weights_path == (None if recipe == "scratch" else "/source.ckpt")
     with pytest.raises((ConfigError, InterpolationToMissingValueError), match="source_ckpt"):
         validate_config(compose_config("train", [*sweep, f"paths.output_dir={tmp_path}"]))
+
+
+@pytest.mark.slow
+def test_make_fewshot_trains_the_source_in_its_budget_then_three_seeds_of_ten_images(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    classes = sorted(path.name for path in (tiny_dataset / "Training").iterdir())
+    class_a, class_b = tmp_path / "classes_a.txt", tmp_path / "classes_b.txt"
+    class_a.write_text("\n".join(classes[:3]) + "\n")
+    class_b.write_text("\n".join(classes[3:]) + "\n")
+    folder = tmp_path / "fewshot"
+    command = [
+        "make", "--no-print-directory", "fewshot", f"PY={sys.executable}", "STAMP=",
+        f"DATA={tiny_dataset}", f"SOURCE_DATA={tiny_dataset}", "SOURCE_BUDGET=00:00:00:20",
+        f"FEWSHOT_DIR={folder}", f"CLASSES_A={class_a}", f"CLASSES_B={class_b}", "ARGS=" + " ".join(SHRINK),
+        "TARGET_ARGS=trainer.max_steps=2 trainer.val_check_interval=2",
+    ]  # fmt: skip
+    env = {**os.environ, "FRUITRES_ROOT": str(tmp_path)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+    (source,) = (folder / "source" / "checkpoints").glob("epoch_*.ckpt")
+    source_overrides = OmegaConf.load(folder / "source" / ".hydra" / "overrides.yaml")
+    assert "trainer.max_time=00:00:00:20" in source_overrides  # the source trains within its budget
+    jobs = job_dirs(folder / "target")
+    seeds = []
+    for job in jobs:
+        overrides = set(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+        assert {"recipe=fewshot", "data.train_per_class=10", f"model.weights_path={source}"} <= overrides
+        assert read_record(job)["status"] == "ok"
+        seeds += [override for override in overrides if override.startswith("seed=")]
+    assert sorted(seeds) == ["seed=0", "seed=1", "seed=2"]
+    table = (folder / "target" / "sweep_results.md").read_text()
+    assert "| 3 |" in table  # the seeds' row: n = 3, mean ± std

@@ -69,6 +69,11 @@ class Timeline:
         self.times: list[float] = []
         self.cpu_times: list[float] = []
         self.images = 0
+        self.start: float | None = None  # where the first step began, where known
+
+    def warmup_seconds(self) -> float | None:
+        """The warm-up steps' time (torch.compile compiles in the first), where the start is known."""
+        return None if self.start is None else self.times[self.warmup - 1] - self.start
 
     def mark(self, size: int) -> None:
         step = len(self.times)
@@ -94,14 +99,15 @@ class StepTimer(Callback):
 
     def __init__(self, timeline: Timeline) -> None:
         self.timeline = timeline
-        self.fit_start = 0.0
+        self.fit_start = self.train_start = 0.0
         self.setup_seconds = 0.0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.fit_start = time.perf_counter()  # before the model's own callbacks (the feature cache) set up
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.setup_seconds = time.perf_counter() - self.fit_start
+        self.train_start = time.perf_counter()
+        self.setup_seconds = self.train_start - self.fit_start
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.timeline.mark(len(batch[1]))
@@ -183,6 +189,7 @@ class ProjectConfig:
     channels_last: bool | None = None
     compile: bool | None = None
     augment: bool = False
+    optimizer: str | None = None  # an OPTIMIZER_IMPLEMENTATIONS key
 
     def overrides(self) -> list[str]:
         chosen = {
@@ -192,13 +199,25 @@ class ProjectConfig:
             "model.compile": self.compile,
         }
         overrides = [f"{key}={value}" for key, value in chosen.items() if value is not None]
+        overrides += OPTIMIZER_IMPLEMENTATIONS.get(self.optimizer, [])
         return overrides if self.augment else [*overrides, "data.augment=null"]
+
+
+# torch's optimizers update tensor by tensor on a CPU unless told (foreach: one kernel a group of tensors;
+# fused: one kernel for the whole update)
+OPTIMIZER_IMPLEMENTATIONS = {
+    "for-loop": ["++model.optimizer.foreach=false", "++model.optimizer.fused=false"],
+    "foreach": ["++model.optimizer.foreach=true", "++model.optimizer.fused=false"],
+    "fused": ["++model.optimizer.foreach=false", "++model.optimizer.fused=true"],
+}
 
 
 def describe(variant: str, cfg: DictConfig) -> str:
     """A row label naming what the configuration actually ran with."""
     settings = [cfg.trainer.precision, "channels-last" if cfg.model.channels_last else "NCHW"]
     settings += ["compiled"] * bool(cfg.model.compile) + ["augment"] * bool(cfg.data.augment)
+    implementation = [name for name in ("fused", "foreach") if cfg.model.optimizer.get(name)]
+    settings += [f"{implementation[0]} optimizer"] if implementation else []
     return f"project {variant} ({', '.join(settings)})"
 
 
@@ -258,6 +277,7 @@ class Project:
         timer = StepTimer(Timeline(warmup, warmup + steps, self.device))
         trainer = self.trainer(cfg, timer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0)
         trainer.fit(model, datamodule=datamodule)
+        timer.timeline.start = timer.train_start
         return timer.timeline, timer.setup_seconds, model
 
     def evaluate(self, cfg: DictConfig, model: L.LightningModule, steps: int, warmup: int) -> float:
@@ -323,7 +343,9 @@ class Results:
 
 def project_configs(args: argparse.Namespace) -> list[ProjectConfig]:
     """Every combination of the listed variants, precisions, layouts, compile and augment settings."""
-    combinations = product(args.variants, args.precision, args.channels_last, args.compile, args.augment)
+    combinations = product(
+        args.variants, args.precision, args.channels_last, args.compile, args.augment, args.optimizer
+    )
     return [ProjectConfig(*combination) for combination in combinations]
 
 
@@ -375,6 +397,7 @@ def measure(
         results.add("eval", label, "images_per_s", evaluation)
     else:
         results.add("train", label, "setup_s", setup_seconds)
+        results.add("train", label, "warmup_s", timeline.warmup_seconds())
         results.add("eval", label, "images_per_s", project.evaluate(cfg, model, args.eval_steps, args.warmup))
     return speed
 
@@ -454,6 +477,9 @@ def format_table(report: dict) -> str:
             "seconds from fit set-up to the first step (a linear probe computes its features here, once):",
         ]
         lines += [f"{label:<58} {_spread(stats, 1):>18}" for label, stats in setups.items()]
+    warmups = {label: row["warmup_s"] for label, row in report["train"].items() if "warmup_s" in row}
+    lines += ["", f"seconds of the {s['warmup_steps']} warm-up steps (torch.compile compiles in the first):"]
+    lines += [f"{label:<58} {_spread(stats, 1):>18}" for label, stats in warmups.items()]
     return "\n".join(lines)
 
 
@@ -507,6 +533,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--compile", type=comma_list(_boolean), default=[None], help="torch.compile: true/false"
+    )
+    parser.add_argument(
+        "--optimizer",
+        type=comma_list(str, tuple(OPTIMIZER_IMPLEMENTATIONS)),
+        default=[None],
+        help="the optimizer's update: for-loop, foreach, fused, or a list (default: the config's)",
     )
     parser.add_argument(
         "--augment",

@@ -6,7 +6,9 @@ of the budget idle and a slow one is cut mid-schedule. After `measure_steps` tra
 left of the budget, counting the validations they bring and the test pass after fitting (both at the
 evaluation speed the sanity check measured, else at the training speed, a bound), and ends fitting there.
 The learning-rate schedule follows the plan (models/schedules.py, `ScheduleLength`). The plan is logged
-once and kept in checkpoints, so a resumed run goes on with it.
+once and kept in checkpoints, so a resumed run goes on with it. After each validation it is made again from
+the epoch just timed (its steps, its validation pass, the checkpoints written): the first steps' speed is a
+sample, and a plan made from it alone left two minutes of a 15-minute budget unused on the full dataset.
 
 Which wins over `trainer.max_epochs`: the budget, unless `max_epochs` was given on the command line. The
 recipe's `max_epochs` is a guess for someone else's machine; an explicit one is a ceiling the plan stays
@@ -30,6 +32,7 @@ from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from fruitres.models.schedules import ScheduleLength
+from fruitres.models.tta import VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ class BudgetPlan:
     measured_steps: int
     seconds_left: float  # of the budget, when planned
     ceiling_epochs: int | None  # an explicit trainer.max_epochs
+    replanned_at: int | None = None  # the optimizer step of the latest re-plan, after a validation
+    fraction_at_replan: float = 0.0  # of the schedule after planned_at, done there
 
     @property
     def epochs(self) -> float:
@@ -128,6 +133,8 @@ class TimeBudget(Callback):
         self._eval_marks: list[tuple[float, int]] = []  # (clock, images) at each sanity-check batch's end
         self._window_start: float | None = None  # the clock where the timed batches start
         self._window_images = 0
+        self._mark: tuple[float, int] | None = None  # (clock, optimizer step) where the next timing starts
+        self._validation_started: float | None = None
 
     # --- what the sanity check tells of evaluation speed -------------------------------------------
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -138,6 +145,61 @@ class TimeBudget(Callback):
     ) -> None:
         if trainer.sanity_checking:
             self._eval_marks.append((self.clock(), _batch_size(batch)))
+
+    # --- after each validation: the plan made again from the epoch just timed ----------------------
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validation_started = None if trainer.sanity_checking else self.clock()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        mark, started = self._mark, self._validation_started
+        if self._budget is None or self.plan is None or mark is None or started is None:
+            return
+        now, step = self.clock(), trainer.global_step
+        if mark[1] < step < self.plan.total_steps:
+            seconds_per_validation = now - started
+            images = _validation_images(trainer)
+            rates = {
+                "seconds_per_step": (started - mark[0]) / (step - mark[1]),
+                "seconds_per_validation": seconds_per_validation,
+                "seconds_for_test": views_per_test_image(trainer)
+                * _test_images(trainer)
+                * seconds_per_validation
+                / max(1, images)
+                if self.test_pass
+                else 0.0,
+                "steps_per_epoch": self.plan.steps_per_epoch,
+                "every_n_epochs": trainer.check_val_every_n_epoch or 1,
+            }
+            self._replan(trainer, now, rates)
+        self._mark = (now, step)
+
+    def _replan(self, trainer: L.Trainer, now: float, rates: dict[str, float]) -> None:
+        step, plan = trainer.global_step, self.plan
+        seconds_left = self._budget - (now - self._started)
+        ceiling = plan.ceiling_epochs * plan.steps_per_epoch if plan.ceiling_epochs else None
+        total = planned_total_steps(seconds_left, step, **rates, max_steps=ceiling)
+        total = int(trainer.strategy.broadcast(total, src=0))
+        if total == plan.total_steps:
+            return
+        small = abs(total - plan.total_steps) < 0.01 * plan.total_steps  # logged only at debug level
+        log.log(
+            logging.DEBUG if small else logging.INFO,
+            "Time budget re-planned at step %d: %.2f s a step and %.1f s a validation over the last epoch; "
+            "%.1f epochs (%d steps) instead of %.1f, %.0f s of the budget left",
+            step,
+            rates["seconds_per_step"],
+            rates["seconds_per_validation"],
+            total / plan.steps_per_epoch,
+            total,
+            plan.epochs,
+            seconds_left,
+        )
+        self.schedule_length.replan(step, total)
+        plan.total_steps, plan.replanned_at = total, step
+        plan.fraction_at_replan = self.schedule_length.anchor_fraction
+        self._apply(trainer)
+        if total <= step:
+            trainer.should_stop = True
 
     def _seconds_per_eval_image(self) -> float | None:
         """From the sanity check's batches but the first (it warms up); None with fewer than two."""
@@ -158,6 +220,7 @@ class TimeBudget(Callback):
         self._started = self.clock()
         if self.plan is not None:  # restored from a checkpoint
             self._apply(trainer)
+            self._mark = (self._started, trainer.global_step)
         elif self._window_bounds(trainer)[0] == 0:
             self._window_start, self._window_images = self._started, 0
 
@@ -199,7 +262,9 @@ class TimeBudget(Callback):
         rates = {
             "seconds_per_step": seconds_per_batch * accumulate,
             "seconds_per_validation": _validation_images(trainer) * eval_image,
-            "seconds_for_test": _test_images(trainer) * eval_image if self.test_pass else 0.0,
+            "seconds_for_test": views_per_test_image(trainer) * _test_images(trainer) * eval_image
+            if self.test_pass
+            else 0.0,
             "steps_per_epoch": steps_per_epoch,
             "every_n_epochs": trainer.check_val_every_n_epoch or 1,
         }
@@ -216,6 +281,7 @@ class TimeBudget(Callback):
             ceiling_epochs=ceiling,
         )
         self._apply(trainer)
+        self._mark = (now, trainer.global_step)
         self._log_plan(budget_seconds(total, self.plan.planned_at, **rates))
 
     def _ceiling(self, trainer: L.Trainer) -> int | None:
@@ -227,8 +293,9 @@ class TimeBudget(Callback):
 
     def _apply(self, trainer: L.Trainer) -> None:
         plan = self.plan
-        self.schedule_length.planned_at = plan.planned_at
-        self.schedule_length.planned_total = plan.total_steps
+        length = self.schedule_length
+        length.planned_at, length.planned_total = plan.planned_at, plan.total_steps
+        length.anchor_step, length.anchor_fraction = plan.replanned_at, plan.fraction_at_replan
         trainer.fit_loop.max_epochs = max(1, math.ceil(plan.epochs))
 
     def _log_plan(self, seconds_to_end: float) -> None:
@@ -273,6 +340,12 @@ def _validation_images(trainer: L.Trainer) -> int:
         min(len(loader.dataset), batches * (loader.batch_size or 1))
         for loader, batches in zip(loaders, trainer.num_val_batches, strict=False)
     )
+
+
+def views_per_test_image(trainer: L.Trainer) -> int:
+    """Forward passes a test image takes: the views of the model's test-time augmentation, else one."""
+    tta = getattr(trainer.lightning_module, "tta", None)
+    return len(VIEWS[tta]) if tta else 1
 
 
 def _test_images(trainer: L.Trainer) -> int:

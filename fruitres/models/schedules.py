@@ -43,11 +43,29 @@ def max_time_fraction(trainer: L.Trainer) -> TimeFraction | None:
 class ScheduleLength:
     """Where the run ends, in optimizer steps, once a time-budget plan made at step `planned_at` says so.
 
-    Shared, and read live, by the callback that plans (callbacks/time_budget.py) and the schedules.
+    Shared, and read live, by the callback that plans (callbacks/time_budget.py) and the schedules. A
+    re-plan at step `anchor_step`, where `anchor_fraction` of the schedule after `planned_at` was done,
+    stretches or compresses only the rest, so the learning rate does not jump.
     """
 
     planned_at: int | None = None
     planned_total: int | None = None
+    anchor_step: int | None = None  # None: planned_at, with nothing of the rest done
+    anchor_fraction: float = 0.0
+
+    def fraction_done(self, step: int) -> float:
+        """The share of the schedule after `planned_at` done at optimizer step `step` (a plan is set)."""
+        anchor = self.planned_at if self.anchor_step is None else self.anchor_step
+        remaining = self.planned_total - anchor
+        if remaining <= 0:
+            return 1.0
+        done = self.anchor_fraction + (step - anchor) * (1 - self.anchor_fraction) / remaining
+        return min(1.0, max(0.0, done))
+
+    def replan(self, step: int, planned_total: int) -> None:
+        """From `step` on, the rest of the schedule ends at `planned_total` instead."""
+        self.anchor_fraction = self.fraction_done(step)
+        self.anchor_step, self.planned_total = step, planned_total
 
     def position(self, step: int, total_steps: int) -> float:
         """Optimizer step → the schedule's step: the same until the plan, then mapped so that the rest of
@@ -55,10 +73,7 @@ class ScheduleLength:
         if self.planned_at is None or self.planned_total is None or step <= self.planned_at:
             return step
         start = min(self.planned_at, total_steps)
-        remaining = self.planned_total - self.planned_at
-        if remaining <= 0:
-            return total_steps
-        return min(total_steps, start + (step - self.planned_at) * (total_steps - start) / remaining)
+        return start + self.fraction_done(step) * (total_steps - start)
 
 
 def planned_length(trainer: L.Trainer) -> ScheduleLength | None:

@@ -33,13 +33,17 @@ def format_interval(interval: tuple[float, float] | None) -> str:
     return "" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
-def result_line(metrics: dict[str, float], tested: int | None, epochs: float, wall_time_s: float) -> str:
-    """A run's outcome in one line: test accuracy with its interval and count, the same on the Test images
-    with no near twin in Training where measured, and how long it trained."""
+def result_line(
+    metrics: dict[str, float], tested: int | None, epochs: float, wall_time_s: float, tta: str | None = None
+) -> str:
+    """A run's outcome in one line: test accuracy with its interval and count (and the test-time
+    augmentation it was measured with), the same on the Test images with no near twin in Training where
+    measured, and how long it trained."""
     parts = [f"{epochs:.2f} epochs in {wall_time_s / 60:.1f} min"]
     if "test/acc" in metrics:
         interval = format_interval(accuracy_interval(metrics["test/acc"], tested))
-        parts.append(f"test accuracy {metrics['test/acc']:.4f} {interval} on {tested or '?'} images")
+        views = f" with tta={tta}" if tta else ""
+        parts.append(f"test accuracy{views} {metrics['test/acc']:.4f} {interval} on {tested or '?'} images")
     novel = int(metrics.get("test/novel_images", 0))
     if "test/acc_novel" in metrics and novel:
         interval = format_interval(accuracy_interval(metrics["test/acc_novel"], novel))
