@@ -157,19 +157,13 @@ class TimeBudget(Callback):
         now, step = self.clock(), trainer.global_step
         if mark[1] < step < self.plan.total_steps:
             seconds_per_validation = now - started
-            images = _validation_images(trainer)
-            rates = {
-                "seconds_per_step": (started - mark[0]) / (step - mark[1]),
-                "seconds_per_validation": seconds_per_validation,
-                "seconds_for_test": views_per_test_image(trainer)
-                * _test_images(trainer)
-                * seconds_per_validation
-                / max(1, images)
-                if self.test_pass
-                else 0.0,
-                "steps_per_epoch": self.plan.steps_per_epoch,
-                "every_n_epochs": trainer.check_val_every_n_epoch or 1,
-            }
+            rates = self._rates(
+                trainer,
+                seconds_per_step=(started - mark[0]) / (step - mark[1]),
+                seconds_per_validation=seconds_per_validation,
+                seconds_per_eval_image=seconds_per_validation / max(1, _validation_images(trainer)),
+                steps_per_epoch=self.plan.steps_per_epoch,
+            )
             self._replan(trainer, now, rates)
         self._mark = (now, step)
 
@@ -177,8 +171,7 @@ class TimeBudget(Callback):
         step, plan = trainer.global_step, self.plan
         seconds_left = self._budget - (now - self._started)
         ceiling = plan.ceiling_epochs * plan.steps_per_epoch if plan.ceiling_epochs else None
-        total = planned_total_steps(seconds_left, step, **rates, max_steps=ceiling)
-        total = int(trainer.strategy.broadcast(total, src=0))
+        total = _agreed_total(trainer, seconds_left, rates, ceiling)
         if total == plan.total_steps:
             return
         small = abs(total - plan.total_steps) < 0.01 * plan.total_steps  # logged only at debug level
@@ -259,18 +252,15 @@ class TimeBudget(Callback):
         steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / accumulate))
         ceiling = self._ceiling(trainer)
         seconds_left = self._budget - (now - self._started)
-        rates = {
-            "seconds_per_step": seconds_per_batch * accumulate,
-            "seconds_per_validation": _validation_images(trainer) * eval_image,
-            "seconds_for_test": views_per_test_image(trainer) * _test_images(trainer) * eval_image
-            if self.test_pass
-            else 0.0,
-            "steps_per_epoch": steps_per_epoch,
-            "every_n_epochs": trainer.check_val_every_n_epoch or 1,
-        }
+        rates = self._rates(
+            trainer,
+            seconds_per_step=seconds_per_batch * accumulate,
+            seconds_per_validation=_validation_images(trainer) * eval_image,
+            seconds_per_eval_image=eval_image,
+            steps_per_epoch=steps_per_epoch,
+        )
         max_steps = ceiling * steps_per_epoch if ceiling is not None else None
-        total = planned_total_steps(seconds_left, trainer.global_step, **rates, max_steps=max_steps)
-        total = int(trainer.strategy.broadcast(total, src=0))  # every process stops at the same step
+        total = _agreed_total(trainer, seconds_left, rates, max_steps)
         self.plan = BudgetPlan(
             planned_at=trainer.global_step,
             total_steps=total,
@@ -283,6 +273,24 @@ class TimeBudget(Callback):
         self._apply(trainer)
         self._mark = (now, trainer.global_step)
         self._log_plan(budget_seconds(total, self.plan.planned_at, **rates))
+
+    def _rates(
+        self,
+        trainer: L.Trainer,
+        seconds_per_step: float,
+        seconds_per_validation: float,
+        seconds_per_eval_image: float,
+        steps_per_epoch: int,
+    ) -> dict[str, float]:
+        """What the plan's arithmetic needs (`planned_total_steps`' rates), the test pass included."""
+        test_images = views_per_test_image(trainer) * _test_images(trainer) if self.test_pass else 0
+        return {
+            "seconds_per_step": seconds_per_step,
+            "seconds_per_validation": seconds_per_validation,
+            "seconds_for_test": test_images * seconds_per_eval_image,
+            "steps_per_epoch": steps_per_epoch,
+            "every_n_epochs": trainer.check_val_every_n_epoch or 1,
+        }
 
     def _ceiling(self, trainer: L.Trainer) -> int | None:
         explicit = self.max_epochs_is_ceiling
@@ -340,6 +348,12 @@ def _validation_images(trainer: L.Trainer) -> int:
         min(len(loader.dataset), batches * (loader.batch_size or 1))
         for loader, batches in zip(loaders, trainer.num_val_batches, strict=False)
     )
+
+
+def _agreed_total(trainer: L.Trainer, seconds_left: float, rates: dict, max_steps: int | None) -> int:
+    """The planned last step, rank 0's on every process: they all stop at the same step."""
+    total = planned_total_steps(seconds_left, trainer.global_step, **rates, max_steps=max_steps)
+    return int(trainer.strategy.broadcast(total, src=0))
 
 
 def views_per_test_image(trainer: L.Trainer) -> int:
