@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from fruitres.errors import FixableError
 from fruitres.files import replaced_whole, write_text_whole
 from fruitres.run.instantiate import instantiate_loggers
+from fruitres.run.precision_probe import settle_precision
 from fruitres.run.task import hydra_main, run_task
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ def lr_find(cfg: DictConfig) -> dict[str, float]:
     model: L.LightningModule = instantiate(
         cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names
     )
+    settle_precision(cfg.trainer, model, datamodule)
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=[], logger=instantiate_loggers(cfg), enable_checkpointing=False
     )

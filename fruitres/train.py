@@ -18,6 +18,7 @@ from fruitres.run.hparams import log_final_metrics, log_hyperparameters
 from fruitres.run.instantiate import instantiate_callbacks, instantiate_loggers
 from fruitres.run.launch import check_launch
 from fruitres.run.mlflow_tracking import store_run_files
+from fruitres.run.precision_probe import settle_precision
 from fruitres.run.provenance import (
     ProvenanceInCheckpoints,
     note_data,
@@ -45,6 +46,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names
     )
     model.tta = check_tta(cfg.get("tta"))  # the test pass's views (validation never averages any)
+    settle_precision(cfg.trainer, model, datamodule)  # trainer.precision=fastest: timed on this model
     callbacks = [*instantiate_callbacks(cfg), ProvenanceInCheckpoints()]
     loggers = instantiate_loggers(cfg, purge_step=resume.step if resume else None)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from cli import REPO, TINY_CLI
 from conftest import compose_config, tiny_train_overrides
 from lightning.pytorch import Callback
 from omegaconf import DictConfig
@@ -18,6 +24,8 @@ from omegaconf import DictConfig
 from fruitres.data.mix import MixupCutmix
 from fruitres.models.classifier import FruitClassifier
 from fruitres.models.schedules import cosine_with_warmup, one_cycle
+from fruitres.run.precision_probe import CPU_CANDIDATES
+from fruitres.run_folders import read_record
 from fruitres.train import train
 
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.5, "weight_decay": 1e-4}
@@ -339,3 +347,28 @@ def test_fitted_schedule_reaches_its_end_when_the_clock_does(schedule) -> None:
         unfitted.optimizer.step()
         unfitted.step()
     assert unfitted.get_last_lr()[0] > 0.05  # by steps alone, 2% into the schedule
+
+
+@pytest.mark.slow
+def test_make_full_trains_the_mobilenet_recipe_within_its_budget_and_prints_the_result(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    command = [
+        "make", "--no-print-directory", "full", f"PY={sys.executable}", "STAMP=", f"DATA={tiny_dataset}",
+        "BUDGET=00:00:00:20", "ARGS=" + " ".join(TINY_CLI),
+    ]  # fmt: skip
+    env = {**os.environ, "FRUITRES_ROOT": str(tmp_path)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    record = read_record(run_dir)
+    overrides = set(record["overrides"])
+    assert {"experiment=mobilenet_v3_small_scratch", "trainer.max_time=00:00:00:20"} <= overrides
+    assert record["status"] == "ok"
+    assert record["provenance"]["hardware"]["precision"] in CPU_CANDIDATES  # `fastest`, settled
+    assert "trainer.precision=fastest: " in output
+    assert re.search(r"Result: [\d.]+ epochs in [\d.]+ min; test accuracy with tta=flips 0\.\d+ \[", output)

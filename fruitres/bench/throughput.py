@@ -37,6 +37,7 @@ from fruitres.data.datamodule import Fruits360DataModule
 from fruitres.files import write_text_whole
 from fruitres.run.compose import compose_config
 from fruitres.run.devices import cpu_model, uses_cuda
+from fruitres.run.precision_probe import MEASURED, settle_precision
 
 VARIANTS = {"full": 0, "frozen3": 3, "probe": 5}  # --variants name → model.frozen_stages
 TUTORIAL = "tutorial loop (ImageFolder + ToTensor, fp32, NCHW)"
@@ -255,6 +256,15 @@ class Project:
             self.datamodules[key] = datamodule
         return self.datamodules[key]
 
+    def model(self, cfg: DictConfig) -> L.LightningModule:
+        datamodule = self.datamodule(cfg)
+        return instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names)
+
+    def settle_precision(self, cfg: DictConfig) -> None:
+        """`trainer.precision=fastest` (the experiment's) timed once, so the row names what it ran in."""
+        if cfg.trainer.precision == MEASURED:
+            settle_precision(cfg.trainer, self.model(cfg), self.datamodule(cfg))
+
     def trainer(self, cfg: DictConfig, timer: StepTimer, **limits) -> L.Trainer:
         feature_cache = cfg.callbacks.get("linear_probe_cache")  # the probe variant's cached features
         return instantiate(
@@ -273,7 +283,7 @@ class Project:
         """(the steps' timeline, seconds from fit set-up to the first batch, the trained model)."""
         datamodule = self.datamodule(cfg)
         L.seed_everything(cfg.seed, verbose=False)  # the same initial weights in every repeat
-        model = instantiate(cfg.model, num_classes=datamodule.num_classes, class_names=datamodule.class_names)
+        model = self.model(cfg)
         timer = StepTimer(Timeline(warmup, warmup + steps, self.device))
         trainer = self.trainer(cfg, timer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0)
         trainer.fit(model, datamodule=datamodule)
@@ -356,6 +366,7 @@ def run(args: argparse.Namespace) -> dict:
     jobs: list[tuple[str, DictConfig | None]] = [(TUTORIAL, None)]
     for config in project_configs(args):
         cfg = project.compose(config.overrides())
+        project.settle_precision(cfg)
         jobs.append((describe(config.variant, cfg), cfg))
     datamodule = project.datamodule(jobs[1][1])
     images = image_folder(datamodule.root / "Training", args.image_size)  # every class, as the tutorial

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 FEATURE_FORMAT = 1
 EXTRACT_BATCH_SIZE = 256
 FIT_SPLITS = ("train", "val")
-FLOAT32_WEIGHTS = ("32-true", "32", "bf16-mixed", "16-mixed")  # the precisions whose weights stay float32
+# the precisions whose weights stay float32; `fastest` (the config checks' view) becomes 32-true or bf16-mixed
+FLOAT32_WEIGHTS = ("32-true", "32", "bf16-mixed", "16-mixed", "fastest")
 
 
 def caches_features(backbone_fixed: bool, augments: bool, precision: str) -> bool:

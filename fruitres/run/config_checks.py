@@ -32,6 +32,7 @@ from fruitres.data.images import INTERPOLATIONS
 from fruitres.errors import ConfigError
 from fruitres.models.backbone import check_arch, check_frozen_stages, check_weights, stage_names
 from fruitres.models.classifier import backbone_is_fixed
+from fruitres.run.precision_probe import MEASURED
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,13 @@ PRECISIONS = tuple(  # what lightning.Trainer(precision=...) takes
     for kind in (_PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS, _PRECISION_INPUT_INT)
     for value in get_args(kind)
 )
+
+PRECISION_NAMES = ", ".join(dict.fromkeys(map(str, PRECISIONS)))
+
+
+def times_precision(cfg: DictConfig) -> bool:
+    """Whether the entry point times trainer.precision=fastest on its model (train, lr_find) before use."""
+    return OmegaConf.select(cfg, "task_name", default=None) in ("train", "lr_find")
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,18 @@ RULES: tuple[Rule, ...] = (
         lambda v: v in (1, "1", "auto") or (isinstance(v, ListConfig | list) and len(v) == 1),
         applies=one_cpu_process,
     ),
-    Rule("trainer.precision", "one of " + ", ".join(dict.fromkeys(map(str, PRECISIONS))), one_of(PRECISIONS)),
+    Rule(
+        "trainer.precision",
+        f"one of {PRECISION_NAMES}",
+        one_of(PRECISIONS),
+        applies=lambda cfg: not times_precision(cfg),
+    ),
+    Rule(
+        "trainer.precision",
+        f"one of {PRECISION_NAMES}, or {MEASURED} (timed on the model)",
+        one_of((*PRECISIONS, MEASURED)),
+        applies=times_precision,
+    ),
     Rule("trainer.max_epochs", "an integer ≥ 1, or -1 for no limit", lambda v: v == -1 or int_at_least(1)(v)),
 )
 
