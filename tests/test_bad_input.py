@@ -159,6 +159,18 @@ def test_out_of_range_value_names_the_key_the_value_and_what_is_allowed(override
     assert "\n" not in str(error.value)
 
 
+def test_fastest_precision_passes_where_it_is_timed_and_is_one_line_elsewhere(tmp_path: Path) -> None:
+    for task in ("train", "lr_find"):
+        validate_config(compose_config(task, ["trainer.precision=fastest"]))
+    checkpoint = tmp_path / "a.ckpt"
+    checkpoint.write_bytes(b"")  # the precision is checked before any checkpoint is read
+    cfg = compose_config("eval", [f"ckpt_path={checkpoint}", "trainer.precision=fastest"])
+    with pytest.raises(ConfigError) as error:
+        validate_config(cfg)
+    assert str(error.value).startswith("trainer.precision=fastest is not allowed; use one of ")
+    assert "fastest" not in str(error.value).partition("use one of")[2] and "\n" not in str(error.value)
+
+
 def test_several_cpu_processes_pass_when_ddp_is_asked_for_by_name() -> None:
     validate_config(compose_config("train", ["trainer=ddp_cpu", "trainer.devices=3"]))
 
