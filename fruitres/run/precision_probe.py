@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from omegaconf import DictConfig
 from torch import nn
 
@@ -36,11 +37,10 @@ def candidates(accelerator: str) -> tuple[str, ...]:
     return (devices.fastest_precision(accelerator),)
 
 
-def autocast(precision: str) -> contextlib.AbstractContextManager:
-    """The autocast Lightning's CPU precision plugin enters for `precision`."""
-    if precision == "bf16-mixed":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def forward_context(precision: str) -> contextlib.AbstractContextManager:
+    """What Lightning's CPU precision plugin for `precision` enters around each forward pass."""
+    plugin = MixedPrecision(precision, "cpu") if precision.endswith("-mixed") else Precision()
+    return plugin.forward_context()
 
 
 def step_seconds(net: nn.Module, images: torch.Tensor, precision: str, steps: int, warmup: int) -> float:
@@ -48,7 +48,7 @@ def step_seconds(net: nn.Module, images: torch.Tensor, precision: str, steps: in
     times = []
     for step in range(warmup + steps):
         started = time.perf_counter()
-        with autocast(precision):
+        with forward_context(precision):
             logits = net(images)
         logits.float().logsumexp(dim=1).mean().backward()
         if step >= warmup:
